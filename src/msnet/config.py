@@ -1,0 +1,148 @@
+"""Configuration: load ``config.yaml``, validate it against the schema, fill defaults.
+
+The Snakefile and ``msnet validate`` call the same :func:`load_config`, so a bad value is
+caught the same way from the shell and from the workflow, before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from msnet.errors import MsnetInputError
+
+SCHEMA_DIR = resources.files("msnet") / "schemas"
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    """Return a packaged JSON schema (``config``, ``studies`` or ``participants``)."""
+    return yaml.safe_load((SCHEMA_DIR / f"{name}.schema.yaml").read_text())
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    """Merge a local ``$ref`` ("#/definitions/name") into the node that uses it."""
+    if "$ref" not in node:
+        return node
+    target = root
+    for part in node["$ref"].lstrip("#/").split("/"):
+        target = target[part]
+    return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+
+
+def _fill_defaults(schema: dict, value, root: dict | None = None):
+    """Recursively fill missing keys of ``value`` from the schema's ``default`` entries."""
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    if schema.get("type") != "object" or not isinstance(value, dict):
+        return value
+    for key, sub in schema.get("properties", {}).items():
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+        if key in value:
+            value[key] = _fill_defaults(sub, value[key], root)
+    return value
+
+
+def _describe(error, source: str) -> str:
+    """Turn a jsonschema error into one sentence naming the key, the value and what is allowed."""
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(schema.get("properties", {})))
+        return f"{source}: {error.message} under '{key}'. Allowed keys: {allowed}."
+    allowed = _allowed(schema)
+    desc = schema.get("description", "")
+    return (
+        f"{source}: key '{key}' = {error.instance!r} is not allowed ({error.message}). "
+        f"Allowed: {allowed}." + (f" Meaning: {desc}" if desc else "")
+    )
+
+
+def _allowed(schema: dict) -> str:
+    """Summarise what a schema node accepts (type, enum, range)."""
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    parts = [str(schema.get("type", "any"))]
+    for word, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                      ("exclusiveMaximum", "<")):
+        if word in schema:
+            parts.append(f"{sym} {schema[word]}")
+    return " ".join(parts)
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate a configuration dictionary and return a copy with defaults filled.
+
+    Parameters
+    ----------
+    config : dict
+        The parsed configuration.
+    source : str
+        Name used in error messages (usually the file path).
+
+    Returns
+    -------
+    dict
+        The validated configuration with every default filled in.
+
+    Raises
+    ------
+    MsnetInputError
+        On the first problem found, naming the key, the value and what is allowed.
+    """
+    import jsonschema
+
+    schema = load_schema("config")
+    config = _fill_defaults(schema, copy.deepcopy(config or {}))
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise MsnetInputError(_describe(errors[0], source))
+    _check_cross_keys(config, source)
+    return config
+
+
+def _check_cross_keys(config: dict, source: str) -> None:
+    """Checks that involve several keys at once."""
+    data = config["data"]
+    if data["mode"] == "fmriprep" and not data["studies_tsv"]:
+        raise MsnetInputError(
+            f"{source}: data.mode is 'fmriprep' but data.studies_tsv is not set. "
+            "Point data.studies_tsv at your studies.tsv (see README, 'Real data')."
+        )
+    denoise = config.get("denoise", {})
+    low, high = denoise.get("low_pass"), denoise.get("high_pass")
+    if low is not None and high is not None and low <= high:
+        raise MsnetInputError(
+            f"{source}: denoise.low_pass ({low} Hz) must be above denoise.high_pass ({high} Hz)."
+        )
+
+
+def load_config(path) -> dict:
+    """Read a YAML config file, validate it and fill defaults.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+
+    Returns
+    -------
+    dict
+        The validated configuration.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MsnetInputError(f"Config file {path} does not exist.")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MsnetInputError(f"{path}: not valid YAML ({exc}).") from None
+    if config is not None and not isinstance(config, dict):
+        raise MsnetInputError(f"{path}: the top level must be a mapping of keys to values.")
+    return validate_config(config, source=str(path))

@@ -1,0 +1,1 @@
+"""Input/output: fMRIPrep file discovery, table validation, atomic writing."""

@@ -1,0 +1,146 @@
+"""The analysis plan: every study and subject the workflow will process, known at parse time.
+
+The Snakefile needs the full list of jobs before anything runs (so ``snakemake -n`` shows
+them all). For the synthetic demo the plan is derived from the config alone
+(:func:`msnet.simulate.plan_dataset`, no simulation is run); for real data it comes from
+``studies.tsv``, each study's ``participants.tsv`` and the fMRIPrep files found on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from msnet.errors import MsnetInputError
+
+SPACE = "MNI152NLin2009cAsym"
+
+
+@dataclass
+class Plan:
+    """Studies and subjects to analyse.
+
+    Attributes
+    ----------
+    studies : pandas.DataFrame
+        One row per study: ``study_id``, ``fmriprep_dir``, ``participants_tsv``, ``task``,
+        ``space``, ``site``.
+    subjects : pandas.DataFrame
+        One row per subject: ``study_id``, ``participant_id``, ``label`` (id without
+        ``sub-``), ``group``, ``bold`` / ``mask`` / ``confounds`` (lists of run files, the
+        Snakemake inputs of the subject job), ``lesion_mask`` (path or None).
+    excluded : pandas.DataFrame
+        Inputs dropped before analysis (``on_missing: exclude``): ``study_id``,
+        ``participant_id``, ``reason``.
+    """
+
+    studies: pd.DataFrame
+    subjects: pd.DataFrame
+    excluded: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["study_id", "participant_id", "reason"])
+    )
+
+    def study_subjects(self, study_id: str) -> pd.DataFrame:
+        """Return the subjects of one study."""
+        return self.subjects[self.subjects["study_id"] == study_id]
+
+
+def simulated_dataset_dir(results_dir) -> Path:
+    """Return where the synthetic dataset is written (``{results_dir}/simulated``)."""
+    return Path(results_dir) / "simulated"
+
+
+def simulated_run_files(fmriprep_dir, participant_id: str, resolution_mm: int) -> dict:
+    """Return the file names the simulator writes for one subject (single run)."""
+    func = Path(fmriprep_dir) / participant_id / "func"
+    stem = f"{participant_id}_task-rest"
+    prefix = f"{stem}_space-{SPACE}_res-{resolution_mm}"
+    return {
+        "bold": [str(func / f"{prefix}_desc-preproc_bold.nii.gz")],
+        "mask": [str(func / f"{prefix}_desc-brain_mask.nii.gz")],
+        "confounds": [str(func / f"{stem}_desc-confounds_timeseries.tsv")],
+    }
+
+
+def _simulated_plan(config: dict) -> Plan:
+    from msnet.simulate import plan_dataset
+
+    sim = config["simulate"]
+    root = simulated_dataset_dir(config["results_dir"])
+    people = plan_dataset(sim, config["seed"])
+    studies = (
+        people[["study_id", "site"]].drop_duplicates("study_id").reset_index(drop=True)
+        if "site" in people
+        else pd.DataFrame({"study_id": people["study_id"].unique()})
+    )
+    studies["fmriprep_dir"] = [str(root / f"study-{s}") for s in studies["study_id"]]
+    studies["participants_tsv"] = [str(Path(d) / "participants.tsv")
+                                   for d in studies["fmriprep_dir"]]
+    studies["task"], studies["space"] = "rest", SPACE
+    rows = []
+    fdirs = dict(zip(studies["study_id"], studies["fmriprep_dir"]))
+    for rec in people[["study_id", "participant_id", "group"]].to_dict("records"):
+        files = simulated_run_files(fdirs[rec["study_id"]], rec["participant_id"],
+                                    sim["resolution_mm"])
+        rows.append({**rec, **files, "lesion_mask": None})
+    return Plan(studies=studies, subjects=_with_labels(pd.DataFrame(rows)))
+
+
+def _with_labels(subjects: pd.DataFrame) -> pd.DataFrame:
+    subjects["label"] = subjects["participant_id"].str.removeprefix("sub-")
+    return subjects.reset_index(drop=True)
+
+
+def _fmriprep_plan(config: dict) -> Plan:
+    from msnet.io.fmriprep import find_study_files
+    from msnet.io.tables import read_participants, read_studies
+
+    data = config["data"]
+    studies = read_studies(data["studies_tsv"])
+    rows, excluded = [], []
+    for study in studies.to_dict("records"):
+        people = read_participants(study["participants_tsv"], study["study_id"])
+        found, missing = find_study_files(
+            study["fmriprep_dir"], list(people["participant_id"]), task=study["task"],
+            space=study["space"], on_missing=data["on_missing"], multi_run=data["multi_run"],
+        )
+        excluded += [{"study_id": study["study_id"], **m} for m in missing]
+        for person in people.to_dict("records"):
+            files = found.get(person["participant_id"])
+            if files is None:
+                continue
+            rows.append({
+                "study_id": study["study_id"],
+                "participant_id": person["participant_id"],
+                "group": person["group"],
+                "bold": [str(r.bold) for r in files.runs],
+                "mask": [str(r.mask) for r in files.runs],
+                "confounds": [str(r.confounds) for r in files.runs],
+                "lesion_mask": _lesion_path(person, study["participants_tsv"]),
+            })
+    if not rows:
+        raise MsnetInputError(f"{data['studies_tsv']}: no subject with data was found.")
+    return Plan(studies=studies, subjects=_with_labels(pd.DataFrame(rows)),
+                excluded=pd.DataFrame(excluded, columns=["study_id", "participant_id", "reason"]))
+
+
+def _lesion_path(person: dict, participants_tsv) -> str | None:
+    value = person.get("lesion_mask")
+    if not isinstance(value, str) or not value:
+        return None
+    path = (Path(participants_tsv).parent / value).resolve()
+    if not path.is_file():
+        raise MsnetInputError(
+            f"{participants_tsv}: lesion_mask {path} of {person['participant_id']} does not "
+            "exist. Fix the path (relative to participants.tsv) or write n/a."
+        )
+    return str(path)
+
+
+def build_plan(config: dict) -> Plan:
+    """Build the plan for a validated config (see :func:`msnet.config.validate_config`)."""
+    if config["data"]["mode"] == "simulate":
+        return _simulated_plan(config)
+    return _fmriprep_plan(config)

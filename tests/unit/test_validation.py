@@ -1,0 +1,179 @@
+"""Config and input-table validation: every bad input fails with one message naming it."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from msnet.cli import main
+from msnet.config import load_config, load_schema, validate_config
+from msnet.errors import MsnetInputError
+from msnet.io.plan import build_plan
+from msnet.io.tables import read_participants, read_studies
+
+REPO = Path(__file__).resolve().parents[2]
+
+PARTICIPANTS = """participant_id\tgroup\tage\tsex\tdisease_duration\tedss
+sub-01\tMS\t35\tF\t5\t2.5
+sub-02\tMS\t41\tM\t10\t4.0
+sub-03\tHC\t37\tF\tn/a\tn/a
+sub-04\tHC\t33\tM\tn/a\tn/a
+"""
+
+
+def _touch_subject(root: Path, pid: str):
+    func = root / pid / "func"
+    func.mkdir(parents=True)
+    stem = f"{pid}_task-rest_space-MNI152NLin2009cAsym"
+    for name in (f"{stem}_desc-preproc_bold.nii.gz", f"{stem}_desc-brain_mask.nii.gz",
+                 f"{pid}_task-rest_desc-confounds_timeseries.tsv"):
+        (func / name).write_text("")
+    (func / f"{stem}_desc-preproc_bold.json").write_text('{"RepetitionTime": 2.0}')
+
+
+def _real_data_config(tmp_path, participants=PARTICIPANTS, subjects=None, **data):
+    """A one-study fMRIPrep-mode config with empty placeholder files."""
+    study = tmp_path / "study1"
+    subjects = subjects if subjects is not None else ["sub-01", "sub-02", "sub-03", "sub-04"]
+    for pid in subjects:
+        _touch_subject(study, pid)
+    (tmp_path / "participants.tsv").write_text(participants)
+    (tmp_path / "studies.tsv").write_text(
+        "study_id\tfmriprep_dir\tparticipants_tsv\nA\tstudy1\tparticipants.tsv\n"
+    )
+    return validate_config({"data": {"mode": "fmriprep",
+                                     "studies_tsv": str(tmp_path / "studies.tsv"), **data}})
+
+
+def test_demo_config_is_valid_and_defaults_are_filled():
+    config = load_config(REPO / "config.yaml")
+    assert config["data"]["mode"] == "simulate"
+    assert config["simulate"]["n_dummy"] == 2  # filled from the schema default
+
+
+def test_every_schema_key_is_documented():
+    """Each leaf key of the config schema has a description, a type and a default."""
+
+    def leaves(node, path=""):
+        node = {**load_schema("config")["definitions"].get(
+            node.get("$ref", "#/definitions/").rsplit("/", 1)[-1], {}), **node}
+        if node.get("type") == "object" and "properties" in node:
+            for key, sub in node["properties"].items():
+                yield from leaves(sub, f"{path}.{key}")
+        else:
+            yield path, node
+
+    for path, node in leaves(load_schema("config")):
+        assert node.get("description"), path
+        assert "type" in node, path
+        if not path.startswith(".resources"):
+            assert "default" in node, path
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"simulat": {}}, "'simulat' was unexpected"),
+        ({"simulate": {"tr": -2}}, "simulate.tr' = -2"),
+        ({"simulate": {"scale": 3}}, "simulate.scale"),
+        ({"data": {"mode": "bids"}}, "one of simulate, fmriprep"),
+        ({"data": {"mode": "fmriprep"}}, "studies_tsv is not set"),
+        ({"seed": "abc"}, "key 'seed'"),
+    ],
+)
+def test_bad_config_values(config, expected):
+    with pytest.raises(MsnetInputError, match=expected):
+        validate_config(config, "config.yaml")
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: [unclosed")
+    with pytest.raises(MsnetInputError, match="not valid YAML"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (("sub-02\tMS\t41\tM\t10\t4.0", "sub-02\tMS\t41\tM\t10\t12"), r"row 2 \(participant_id sub-02\): column 'edss' = 12"),
+        (("sub-02\tMS\t41\tM\t10\t4.0", "sub-02\tMS\t41\tM\t10\t4.3"), "'edss' = 4.3"),
+        (("sub-01\tMS", "sub-01\tpatient"), "column 'group' = 'patient'"),
+        (("sub-04\tHC\t33\tM", "sub-04\tHC\t33\tmale"), "column 'sex' = 'male'"),
+        (("sub-03\tHC\t37", "sub-03\tHC\tthirty"), "column 'age' = 'thirty' is not a number"),
+        (("sub-02\t", "sub-01\t"), "duplicate participant_id sub-01"),
+        (("sub-03\tHC", "sub-03\tMS"), None),  # still has one HC: valid
+        (("sub-03\tHC\t37\tF\tn/a", "sub-03\tHC\t37\tF\t3"), "given for a healthy control"),
+        (("sub-01\t", "01\t"), "column 'participant_id' = '01'"),
+    ],
+)
+def test_bad_participants_rows(tmp_path, edit, expected):
+    path = tmp_path / "participants.tsv"
+    path.write_text(PARTICIPANTS.replace(*edit))
+    if expected is None:
+        assert len(read_participants(path)) == 4
+        return
+    with pytest.raises(MsnetInputError, match=expected) as info:
+        read_participants(path)
+    assert str(path) in str(info.value)
+
+
+def test_study_without_controls(tmp_path):
+    path = tmp_path / "participants.tsv"
+    path.write_text(PARTICIPANTS.replace("\tHC\t", "\tMS\t").replace("n/a\tn/a", "1\t1.0"))
+    with pytest.raises(MsnetInputError, match="no healthy control participants"):
+        read_participants(path, "A")
+
+
+def test_missing_required_column(tmp_path):
+    path = tmp_path / "participants.tsv"
+    path.write_text(PARTICIPANTS.replace("\tsex", "\tgender"))
+    with pytest.raises(MsnetInputError, match="required column"):
+        read_participants(path)
+
+
+def test_studies_table_errors(tmp_path):
+    (tmp_path / "study1").mkdir()
+    path = tmp_path / "studies.tsv"
+    path.write_text("study_id\tfmriprep_dir\tparticipants_tsv\nA\tnowhere\tp.tsv\n")
+    with pytest.raises(MsnetInputError, match="fmriprep_dir .* is not a folder"):
+        read_studies(path)
+    path.write_text("study_id\tfmriprep_dir\tparticipants_tsv\nA-1\tstudy1\tp.tsv\n")
+    with pytest.raises(MsnetInputError, match="study_id"):
+        read_studies(path)
+    path.write_text("study_id\tfmriprep_dir\tparticipants_tsv\nA\tstudy1\tp.tsv\n")
+    table = read_studies(path)
+    assert table.loc[0, "task"] == "rest" and Path(table.loc[0, "fmriprep_dir"]).is_absolute()
+
+
+def test_real_data_plan_finds_every_subject(tmp_path):
+    plan = build_plan(_real_data_config(tmp_path))
+    assert sorted(plan.subjects["participant_id"]) == ["sub-01", "sub-02", "sub-03", "sub-04"]
+    assert all(Path(b[0]).name.endswith("desc-preproc_bold.nii.gz") for b in plan.subjects["bold"])
+
+
+def test_participant_without_bold_is_an_error_naming_it(tmp_path):
+    config = _real_data_config(tmp_path, subjects=["sub-01", "sub-02", "sub-03"])
+    with pytest.raises(MsnetInputError, match="sub-04"):
+        build_plan(config)
+
+
+def test_participant_without_bold_can_be_excluded(tmp_path):
+    config = _real_data_config(tmp_path, subjects=["sub-01", "sub-02", "sub-03"],
+                               on_missing="exclude")
+    plan = build_plan(config)
+    assert "sub-04" not in set(plan.subjects["participant_id"])
+    assert list(plan.excluded["participant_id"]) == ["sub-04"]
+
+
+def test_cli_validate_reports_one_clear_error(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"simulate": {"tr": -1}}))
+    assert main(["validate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "simulate.tr" in err and "Traceback" not in err
+
+
+def test_cli_validate_accepts_the_demo(capsys):
+    assert main(["validate", "--config", str(REPO / "config.yaml")]) == 0
+    assert "valid. 25 studies" in capsys.readouterr().out
