@@ -1,0 +1,800 @@
+"""MS versus healthy controls: per study and pooled, network level and voxelwise.
+
+Stage 3 of the workflow. For every analysis network (DMN, SMN, VN, SN):
+
+* **network level** (the subjects' ``*_networks.tsv``): within-network FC of each analysis
+  network (primary) and the between-network FC of each pair of analysis networks, modelled as
+  ``metric ~ group + covariates`` (default ``age + sex + mean_fd``);
+* **voxelwise** inside the network's mask (:func:`network_mask`), on the dual-regression
+  stage-2 maps, with the same model at every voxel.
+
+Per study (:func:`compare_groups_study`): OLS; n per group, raw and covariate-adjusted means,
+t, p, and Hedges' g with its variance from the adjusted t (two-group formulas, see
+:func:`msnet.stats.hedges_g`) — the inputs of the meta-analysis. Pooled
+(:func:`compare_groups_pooled`, a mega-analysis of all subjects): statsmodels ``MixedLM``
+with a random intercept per study at network level; voxelwise OLS with one indicator per
+study and permutation FWE (voxel max-t, cluster size, optional TFCE), FDR q maps and cluster
+tables.
+
+Subjects are matched across files by their folder and ``sub-<label>`` file-name prefix (the
+subject stage writes all of a subject's files into one folder). Nothing degenerate crashes a
+run: subjects failing QC, maps that are all zero or contain NaN inside a network mask, studies
+with fewer than ``min_per_group`` subjects in a group, and covariates missing or constant in a
+study are skipped and recorded (``*_desc-exclusions.tsv`` and the ``status``/``reason``/
+``covariates_dropped`` columns).
+
+Conventions: group is coded MS = 1, HC = 0, so positive effects mean MS > HC; covariates are
+centred within study, so the intercept is the HC mean at the sample's covariate means.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from msnet import ANALYSIS_NETWORKS
+from msnet import stats as st
+from msnet.errors import MsnetInputError
+from msnet.io.atomic import save_nifti, write_tsv
+
+LOG = logging.getLogger(__name__)
+
+GROUP_DEFAULTS = {
+    "covariates": ["age", "sex", "mean_fd"],
+    "min_per_group": 2,
+    "mask_template_threshold": 0.2,
+    "mask_t_threshold": 5.0,
+    **st.INFERENCE_DEFAULTS,
+}
+"""Options of the ``group`` config section (see the module docstring and the report)."""
+
+EXCLUSION_COLUMNS = ["study_id", "participant_id", "group", "level", "scope", "reason"]
+NA = "n/a"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def analysis_metrics(networks=ANALYSIS_NETWORKS) -> pd.DataFrame:
+    """Return the network-level metrics: within each network, then between each pair.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric`` (``within_DMN``, ``between_DMN_SMN``, ...), ``network_a``,
+        ``network_b``, ``kind`` (``within``/``between``).
+    """
+    rows = [(f"within_{a}", a, a, "within") for a in networks]
+    rows += [(f"between_{a}_{b}", a, b, "between") for a, b in combinations(networks, 2)]
+    return pd.DataFrame(rows, columns=["metric", "network_a", "network_b", "kind"])
+
+
+def _read_network_metrics(path, metrics: pd.DataFrame) -> dict:
+    """Return metric -> mean Fisher z from one subject's ``*_networks.tsv`` (NaN if absent)."""
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    missing = {"network_a", "network_b", "fc_z"} - set(table.columns)
+    if missing:
+        raise MsnetInputError(f"{path}: column(s) {', '.join(sorted(missing))} missing; a "
+                              "networks table needs network_a, network_b, fc_z.")
+    lookup = {}
+    for a, b, v in table[["network_a", "network_b", "fc_z"]].itertuples(index=False):
+        lookup.setdefault((a, b), v)
+        lookup.setdefault((b, a), v)
+    return {m.metric: float(lookup.get((m.network_a, m.network_b), np.nan))
+            for m in metrics.itertuples()}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _subject_key(path) -> tuple[str, str]:
+    """(folder, ``sub-<label>``) of a subject-stage file."""
+    path = Path(path)
+    prefix = path.name.split("_")[0]
+    if not prefix.startswith("sub-"):
+        raise MsnetInputError(f"{path}: file name does not start with 'sub-<label>_'; cannot "
+                              "tell which subject it belongs to.")
+    return str(path.parent.resolve()), prefix
+
+
+def _index_files(paths, what: str) -> dict:
+    """Map subject key -> path; error on duplicates."""
+    index = {}
+    for path in paths or ():
+        key = _subject_key(path)
+        if key in index:
+            raise MsnetInputError(f"two {what} for {key[1]} in {key[0]}: {index[key]} and "
+                                  f"{path}. Pass one file per subject.")
+        index[key] = str(path)
+    return index
+
+
+def load_subjects(participants_tsvs: dict, qc_jsons, networks_tsvs=(), maps=None):
+    """Assemble one row per subject with group, covariates, QC, network metrics and map paths.
+
+    Parameters
+    ----------
+    participants_tsvs : dict
+        study_id -> ``participants.tsv`` path.
+    qc_jsons : list of path
+        Subject QC files (``sub-*_qc.json``); each names its ``study_id`` and
+        ``participant_id``.
+    networks_tsvs : list of path
+        Subject ``*_networks.tsv`` files (may be empty).
+    maps : dict, optional
+        Network -> list of stage-2 map paths.
+
+    Returns
+    -------
+    subjects : pandas.DataFrame
+        ``study_id, participant_id, group``, every participants.tsv column, numeric QC keys
+        (``mean_fd`` ...), ``include`` (QC decision, also False when the participant is not in
+        participants.tsv), one column per metric of :func:`analysis_metrics`, and
+        ``map_{net}`` paths.
+    exclusions : list of dict
+        Subjects left out at this stage (QC, not in participants.tsv, no subject outputs).
+    """
+    from msnet.io.tables import read_participants
+
+    metrics = analysis_metrics()
+    tables = {s: read_participants(p, s) for s, p in participants_tsvs.items()}
+    nets_index = _index_files(networks_tsvs, "networks tables")
+    map_index = {net: _index_files(paths, f"{net} maps") for net, paths in (maps or {}).items()}
+    rows, exclusions, seen = [], [], set()
+    for path in qc_jsons:
+        qc = json.loads(Path(path).read_text())
+        key = _subject_key(path)
+        study = str(qc.get("study_id", next(iter(tables)) if len(tables) == 1 else ""))
+        pid = qc.get("participant_id") or key[1]
+        pid = pid if pid.startswith("sub-") else f"sub-{pid}"
+        if study not in tables:
+            raise MsnetInputError(f"{path}: study_id {study!r} is not one of the studies given "
+                                  f"({', '.join(tables)}). Pass the matching participants.tsv.")
+        if (study, pid) in seen:
+            raise MsnetInputError(f"{path}: a second QC file for {pid} of study {study}.")
+        seen.add((study, pid))
+        part = tables[study]
+        match = part[part["participant_id"] == pid]
+        row = {"study_id": study, "participant_id": pid, "include": bool(qc.get("include"))}
+        row.update({k: v for k, v in qc.items() if isinstance(v, (int, float))
+                    and not isinstance(v, bool) and k not in row})
+        if match.empty:
+            row.update(include=False, group=NA)
+            exclusions.append(exclusion_record(study, pid, NA, "subject", "all",
+                                               "not in participants.tsv"))
+        else:
+            row.update(match.iloc[0].to_dict())
+            if not row["include"]:
+                why = f"QC: {qc.get('exclusion_reason') or 'excluded'}"
+                exclusions.append(exclusion_record(study, pid, row["group"], "subject", "all",
+                                                   why))
+        if row["include"] and networks_tsvs:
+            row.update(_read_network_metrics(_need(nets_index, key, "networks table"), metrics))
+        for net, index in map_index.items():
+            row[f"map_{net}"] = index.get(key)
+            if row["include"] and row[f"map_{net}"] is None:
+                raise MsnetInputError(f"no {net} map for {pid} of study {study} ({key[0]}); "
+                                      "pass every included subject's maps.")
+        rows.append(row)
+    for study, part in tables.items():
+        for pid, group in part[["participant_id", "group"]].itertuples(index=False):
+            if (study, pid) not in seen:
+                exclusions.append(exclusion_record(study, pid, group, "subject", "all",
+                                                   "no subject-stage outputs (no QC file)"))
+    subjects = pd.DataFrame(rows)
+    for m in metrics.metric:
+        if m not in subjects:
+            subjects[m] = np.nan
+    return subjects, exclusions
+
+
+def _need(index: dict, key, what: str) -> str:
+    if key not in index:
+        raise MsnetInputError(f"no {what} for {key[1]} in {key[0]}; pass every included "
+                              "subject's subject-stage outputs.")
+    return index[key]
+
+
+def exclusion_record(study, pid, group, level, scope, reason) -> dict:
+    """One row of an exclusions table (:data:`EXCLUSION_COLUMNS`)."""
+    return dict(zip(EXCLUSION_COLUMNS, (study, pid, group, level, scope, reason)))
+
+
+def exclusion_table(records) -> pd.DataFrame:
+    """Collapse exclusion records (one row per study, subject, level and reason; scopes joined)."""
+    table = pd.DataFrame(list(records), columns=EXCLUSION_COLUMNS)
+    if table.empty:
+        return table
+    keys = ["study_id", "participant_id", "group", "level", "reason"]
+    out = (table.groupby(keys, sort=False, dropna=False)["scope"]
+           .agg(lambda s: ",".join(dict.fromkeys(s))).reset_index())
+    return out[EXCLUSION_COLUMNS]
+
+
+def load_masked_maps(paths, mask_img):
+    """Load 3-D maps inside a mask; flag maps that are all zero or not finite there.
+
+    Parameters
+    ----------
+    paths : list of path
+    mask_img : nibabel.Nifti1Image
+        Boolean mask on the maps' grid.
+
+    Returns
+    -------
+    Y : numpy.ndarray, shape (n_paths, n_voxels), float32
+    reasons : list of (str or None)
+        Why each map is unusable, or None.
+    """
+    import nibabel as nib
+
+    mask = np.asarray(mask_img.dataobj) > 0
+    Y = np.zeros((len(paths), int(mask.sum())), np.float32)
+    reasons = []
+    for i, path in enumerate(paths):
+        img = nib.load(path)
+        if img.shape[:3] != mask.shape or not np.allclose(img.affine, mask_img.affine,
+                                                         atol=1e-3):
+            raise MsnetInputError(f"{path}: grid {img.shape} does not match the network mask "
+                                  f"grid {mask.shape} (shape or affine). Maps and masks must "
+                                  "be on the same analysis grid.")
+        Y[i] = np.asarray(img.dataobj, np.float32).reshape(mask.shape)[mask]
+        reasons.append("map has NaN/inf inside the network mask" if not np.isfinite(Y[i]).all()
+                       else "map is all zero inside the network mask" if not Y[i].any()
+                       else None)
+    return Y, reasons
+
+
+# --------------------------------------------------------------------------- network masks
+
+
+def network_mask(template_row, maps_all_subjects, template_threshold: float = 0.2,
+                 t_threshold: float = 5.0) -> np.ndarray:
+    """Voxels analysed for one network: atlas template OR strong group-level loading.
+
+    ``mask = (template > template_threshold) | (t > t_threshold)`` where ``t`` is the
+    one-sample t of the subjects' stage-2 maps (all included subjects of all studies, MS and
+    HC together, so the mask is unbiased for the MS-vs-HC contrast). Like an ICA component
+    mask, the data-driven part adds voxels where the network is actually expressed (e.g. the
+    nodes around published findings) beyond the prior template. Note that t grows with the
+    number of subjects, so with very large samples the data-driven part is generous.
+
+    Parameters
+    ----------
+    template_row : numpy.ndarray, shape (V,)
+        Network template over the voxels (peak 1, :func:`msnet.atlas.network_templates`).
+    maps_all_subjects : array (n, V) or iterable of arrays (V,)
+        Stage-2 maps over the same voxels (streamed: an iterator is consumed once).
+    template_threshold : float
+        Template level (0-1) above which a voxel is in the mask.
+    t_threshold : float
+        One-sample t above which a voxel is in the mask.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (V,)
+    """
+    template_row = np.asarray(template_row, float)
+    n, s, ss = 0, np.zeros(template_row.shape), np.zeros(template_row.shape)
+    for row in maps_all_subjects:
+        row = np.asarray(row, float)
+        n, s, ss = n + 1, s + row, ss + row * row
+    mask = template_row > template_threshold
+    if n >= 2:
+        mean = s / n
+        sd = np.sqrt(np.maximum(ss - n * mean**2, 0.0) / (n - 1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(sd > 0, mean / sd * np.sqrt(n), 0.0)
+        mask |= t > t_threshold
+    return mask
+
+
+def make_network_masks(qc_jsons, maps: dict, out_dir, options=None, brain_mask=None) -> dict:
+    """Write ``{out_dir}/network-{net}_mask.nii.gz`` for each network (see :func:`network_mask`).
+
+    Parameters
+    ----------
+    qc_jsons : list of path
+        QC files of all subjects (only ``include: true`` subjects are used).
+    maps : dict
+        Network -> list of stage-2 map paths (all studies).
+    out_dir : path
+        Output folder (``results/group/masks``).
+    options : dict
+        ``group`` options; uses ``mask_template_threshold`` and ``mask_t_threshold``.
+    brain_mask : path, optional
+        Analysis mask on the maps' grid. Default: voxels non-zero in any included map.
+
+    Returns
+    -------
+    dict
+        Network -> written path.
+    """
+    import nibabel as nib
+
+    from msnet.atlas import network_names, network_templates
+
+    opts = st.resolve_options(options, GROUP_DEFAULTS, "group")
+    included = {_subject_key(p) for p in qc_jsons
+                if json.loads(Path(p).read_text()).get("include")}
+    out = {}
+    for net in [n for n in ANALYSIS_NETWORKS if n in maps]:
+        paths = [p for p in maps[net] if _subject_key(p) in included]
+        if not paths:
+            raise MsnetInputError(f"no included subject has a {net} map; cannot build its mask.")
+        ref = nib.load(paths[0])
+        support = (np.asarray(nib.load(brain_mask).dataobj) > 0 if brain_mask
+                   else _nonzero_support(paths))
+        support_img = nib.Nifti1Image(support.astype(np.uint8), ref.affine)
+        names, templates = network_templates(support_img)
+        Y, reasons = load_masked_maps(paths, support_img)
+        good = [i for i, r in enumerate(reasons) if r is None]
+        for i, r in enumerate(reasons):
+            if r:
+                LOG.info("mask %s: skipping %s (%s)", net, paths[i], r)
+        keep = network_mask(templates[network_names().index(net)], Y[good],
+                            opts["mask_template_threshold"], opts["mask_t_threshold"])
+        vol = np.zeros(support.shape, np.uint8)
+        vol[support] = keep
+        path = Path(out_dir) / f"network-{net}_mask.nii.gz"
+        save_nifti(nib.Nifti1Image(vol, ref.affine), path)
+        LOG.info("mask %s: %d voxels from %d subjects", net, int(keep.sum()), len(good))
+        out[net] = str(path)
+    return out
+
+
+def _nonzero_support(paths) -> np.ndarray:
+    """Voxels that are finite and non-zero in at least one map."""
+    import nibabel as nib
+
+    support = None
+    for path in paths:
+        data = np.asarray(nib.load(path).dataobj, np.float32)
+        nz = np.isfinite(data) & (data != 0)
+        support = nz if support is None else support | nz
+    return support
+
+
+# --------------------------------------------------------------------------- network level
+
+
+def metric_sample(subjects: pd.DataFrame, metric: str, scope: str):
+    """Rows with a finite value of ``metric``, plus exclusion records for the others."""
+    ok = np.isfinite(pd.to_numeric(subjects[metric], errors="coerce"))
+    records = [exclusion_record(r.study_id, r.participant_id, r.group, "subject", scope,
+                                "value missing or not finite")
+               for r in subjects[~ok].itertuples()]
+    data = subjects[ok].copy()
+    data["group_ms"] = (data["group"] == "MS").astype(float)
+    return data, records
+
+
+def design_records(design: st.Design, data: pd.DataFrame, scope: str, study=NA) -> list:
+    """Exclusion records for listwise-dropped subjects and dropped covariates."""
+    records = [exclusion_record(data.at[i, "study_id"], data.at[i, "participant_id"],
+                                data.at[i, "group"], "subject", scope, reason)
+               for i, reason in design.excluded.items()]
+    records += [exclusion_record(study, NA, NA, "covariate", scope, f"{cov}: {why}")
+                for cov, why in design.notes.items()]
+    return records
+
+
+def _group_counts(design: st.Design) -> tuple[int, int]:
+    ms = design.X[:, design.col("group_ms")]
+    return int((ms == 1).sum()), int((ms == 0).sum())
+
+
+def _too_small(n_ms: int, n_hc: int, design: st.Design, min_per_group: int) -> str | None:
+    """Why a two-group model cannot be fitted, or None."""
+    if min(n_ms, n_hc) < min_per_group:
+        return f"fewer than {min_per_group} subjects in a group (MS {n_ms}, HC {n_hc})"
+    if design.problem:
+        return design.problem
+    if design.X.shape[0] - design.X.shape[1] < 1:
+        return f"no residual degrees of freedom (n {design.X.shape[0]}, {design.X.shape[1]} " \
+               "parameters)"
+    return None
+
+
+def _raw_summary(y, is_ms) -> dict:
+    out = {}
+    for name, sel in (("ms", is_ms == 1), ("hc", is_ms == 0)):
+        out[f"mean_{name}"] = float(np.mean(y[sel])) if sel.any() else np.nan
+        out[f"sd_{name}"] = float(np.std(y[sel], ddof=1)) if sel.sum() > 1 else np.nan
+    return out
+
+
+def _effect_columns(d, n_ms, n_hc, level) -> dict:
+    g, var_g = st.hedges_g(d, n_ms, n_hc)
+    lo, hi = st.confidence_interval(g, np.sqrt(var_g), level)
+    return {"d": float(d), "g": float(g), "var_g": float(var_g), "g_ci_low": float(lo),
+            "g_ci_high": float(hi)}
+
+
+def _covariate_columns(design: st.Design) -> dict:
+    return {"covariates": ",".join(design.covariates_used),
+            "covariates_dropped": "; ".join(f"{k}: {v}" for k, v in design.notes.items())}
+
+
+def study_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int = 2,
+                        level: float = 0.95, study_id=NA):
+    """Per-study MS-vs-HC OLS for every network metric.
+
+    ``metric ~ group + covariates`` (OLS, covariates centred). Hedges' g is computed from the
+    covariate-adjusted t: ``d = t sqrt(1/n_ms + 1/n_hc)``, ``g = J d`` (see
+    :func:`msnet.stats.hedges_g`); with no covariates this is exactly g from the raw means and
+    pooled SD.
+
+    Parameters
+    ----------
+    subjects : pandas.DataFrame
+        Included subjects of one study (:func:`load_subjects` rows with ``include``).
+    covariates : list of str
+    min_per_group : int
+        Minimum subjects per group; otherwise the row is ``status = excluded``.
+    level : float
+        Confidence level of the CIs.
+    study_id : str
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per metric, columns :data:`STUDY_COLUMNS`: ``study_id, metric, network_a,
+        network_b, kind, method, n_ms, n_hc, mean_ms, sd_ms, mean_hc, sd_hc`` (raw),
+        ``adjmean_ms, adjmean_hc`` (at the covariate means), ``beta`` (MS - HC), ``se, t, df,
+        p, beta_ci_low, beta_ci_high, d, g, var_g, g_ci_low, g_ci_high, q_fdr`` (BH within
+        the within/between family), ``covariates, covariates_dropped, status`` (ok/excluded),
+        ``reason``.
+    exclusions : list of dict
+    """
+    rows, records = [], []
+    for m in analysis_metrics().itertuples():
+        data, rec = metric_sample(subjects, m.metric, f"metric:{m.metric}")
+        design = st.build_design(data, ["group_ms"], covariates)
+        rec += design_records(design, data, f"metric:{m.metric}", study_id)
+        n_ms, n_hc = _group_counts(design)
+        row = {"study_id": study_id, "metric": m.metric, "network_a": m.network_a,
+               "network_b": m.network_b, "kind": m.kind, "method": "OLS", "n_ms": n_ms,
+               "n_hc": n_hc, **_covariate_columns(design)}
+        y = data.loc[design.index, m.metric].to_numpy(float)
+        row.update(_raw_summary(y, design.X[:, design.col("group_ms")]))
+        reason = _too_small(n_ms, n_hc, design, min_per_group)
+        if reason:
+            rec.append(exclusion_record(study_id, NA, NA, "study", f"metric:{m.metric}",
+                                        reason))
+            rows.append({**row, "status": "excluded", "reason": reason})
+            records += rec
+            continue
+        c = np.eye(design.X.shape[1])[design.col("group_ms")]
+        r = st.ols(y, design.X, c)
+        lo, hi = st.confidence_interval(r.effect[0], r.se[0], level, r.df)
+        row.update(adjmean_hc=r.beta[0, 0], adjmean_ms=r.beta[0, 0] + r.effect[0],
+                   beta=r.effect[0], se=r.se[0], t=r.t[0], df=r.df, p=r.p[0],
+                   beta_ci_low=float(lo), beta_ci_high=float(hi),
+                   **_effect_columns(st.d_from_t(r.t[0], n_ms, n_hc), n_ms, n_hc, level),
+                   status="ok", reason="")
+        rows.append(row)
+        records += rec
+    return finish_table(rows, STUDY_COLUMNS), records
+
+
+_COMMON = ["study_id", "metric", "network_a", "network_b", "kind", "method", "n_ms", "n_hc"]
+_STATS = ["mean_ms", "sd_ms", "mean_hc", "sd_hc", "adjmean_ms", "adjmean_hc", "beta", "se"]
+_EFFECT = ["p", "beta_ci_low", "beta_ci_high", "d", "g", "var_g", "g_ci_low", "g_ci_high",
+           "q_fdr"]
+_TAIL = ["covariates", "covariates_dropped", "status", "reason"]
+STUDY_COLUMNS = _COMMON + _STATS + ["t", "df"] + _EFFECT + _TAIL
+"""Columns of the per-study MS-vs-HC table."""
+POOLED_COLUMNS = (_COMMON + ["n_studies"] + _STATS + ["z"] + _EFFECT
+                  + ["tau2", "converged", "note"] + _TAIL)
+"""Columns of the pooled MS-vs-HC table."""
+
+
+def finish_table(rows, columns) -> pd.DataFrame:
+    """Table with exactly ``columns`` (NaN where a row has no value) and BH-FDR ``q_fdr``
+    computed within each ``kind`` family (within-network, between-network)."""
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    for _, idx in table.groupby("kind").groups.items():
+        table.loc[idx, "q_fdr"] = st.fdr_bh(table.loc[idx, "p"].to_numpy(float))
+    return table
+
+
+def pooled_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int = 2,
+                         level: float = 0.95):
+    """Pooled MS-vs-HC model for every network metric: MixedLM with study random intercept.
+
+    ``metric ~ group + covariates + (1 | study)`` (REML; OLS when only one study is left).
+    Covariates are centred within study (set to 0 in a study that lacks them or where they
+    are constant, recorded). The effect size is ``d = beta / sigma`` with ``sigma`` the
+    residual (within-study) SD, ``g = J d`` and ``var(g)`` from the two-group formula with the
+    total group sizes.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per metric, columns :data:`POOLED_COLUMNS` (as :func:`study_group_effects`
+        with ``n_studies`` and the Wald ``z`` instead of ``t, df``, plus ``tau2`` (random
+        intercept variance), ``converged`` and ``note`` (fit warnings)).
+    exclusions : list of dict
+    """
+    rows, records = [], []
+    for m in analysis_metrics().itertuples():
+        data, rec = metric_sample(subjects, m.metric, f"metric:{m.metric}")
+        design = st.build_design(data, ["group_ms"], covariates, study_col="study_id")
+        rec += design_records(design, data, f"metric:{m.metric}", "pooled")
+        n_ms, n_hc = _group_counts(design)
+        y = data.loc[design.index, m.metric].to_numpy(float)
+        row = {"study_id": "pooled", "metric": m.metric, "network_a": m.network_a,
+               "network_b": m.network_b, "kind": m.kind, "n_ms": n_ms, "n_hc": n_hc,
+               "n_studies": len(set(design.studies)), **_covariate_columns(design),
+               **_raw_summary(y, design.X[:, design.col("group_ms")])}
+        reason = _too_small(n_ms, n_hc, design, min_per_group)
+        if reason:
+            rows.append({**row, "status": "excluded", "reason": reason})
+            records += rec + [exclusion_record("pooled", NA, NA, "study", f"metric:{m.metric}",
+                                               reason)]
+            continue
+        fit = st.fit_pooled(y, design, "group_ms", level)
+        row.update({k: fit[k] for k in ("method", "beta", "se", "z", "p", "tau2", "converged",
+                                        "note")},
+                   beta_ci_low=fit["ci_low"], beta_ci_high=fit["ci_high"],
+                   adjmean_hc=fit["intercept"], adjmean_ms=fit["intercept"] + fit["beta"],
+                   **_effect_columns(fit["beta"] / np.sqrt(fit["scale"]), n_ms, n_hc, level),
+                   status="ok", reason="")
+        rows.append(row)
+        records += rec
+    return finish_table(rows, POOLED_COLUMNS), records
+
+
+# --------------------------------------------------------------------------- voxelwise
+
+
+def voxelwise_group_study(Y, design: st.Design) -> dict:
+    """Per-study voxelwise MS-vs-HC OLS: t, Hedges' g and var(g) maps (from t, as at network
+    level).
+
+    Parameters
+    ----------
+    Y : numpy.ndarray, shape (n, V)
+        Maps of the design's subjects over the network mask.
+    design : msnet.stats.Design
+        With a ``group_ms`` column.
+
+    Returns
+    -------
+    dict
+        ``t, g, varg, p`` arrays of shape (V,).
+    """
+    n_ms, n_hc = _group_counts(design)
+    r = st.ols(Y, design.X, np.eye(design.X.shape[1])[design.col("group_ms")])
+    g, var_g = st.hedges_g(st.d_from_t(r.t, n_ms, n_hc), n_ms, n_hc)
+    return {"t": r.t, "g": g, "varg": var_g, "p": r.p}
+
+
+def permutation_inference(Y, design: st.Design, term: str, mask, opts: dict, seed):
+    """Run :func:`msnet.stats.permuted_glm` for ``term`` with study indicators as confounds.
+
+    Parameters
+    ----------
+    Y : numpy.ndarray, shape (n, V)
+    design : msnet.stats.Design
+        Pooled design (``study_col`` given).
+    term : str
+        Tested column.
+    mask : numpy.ndarray of bool
+        3-D voxel grid of ``Y``'s columns.
+    opts : dict
+        Inference options (:data:`msnet.stats.INFERENCE_DEFAULTS`).
+    seed : int or sequence of int
+        Seed for ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    msnet.stats.PermutationResult
+    """
+    X, cols = design.with_study_dummies()
+    k = cols.index(term)
+    return st.permuted_glm(
+        Y, X[:, k], np.delete(X, k, axis=1), n_perm=int(opts["n_permutations"]), seed=seed,
+        two_sided=bool(opts["two_sided"]), mask=mask,
+        cluster_forming_p=opts["cluster_forming_p"] or None,
+        connectivity=int(opts["cluster_connectivity"]), tfce=bool(opts["tfce"]),
+        blocks=design.studies if opts["permute_within_study"] else None,
+        n_jobs=int(opts["n_jobs"]))
+
+
+def save_maps(values: dict, mask_img, prefix: Path) -> list:
+    """Write ``{prefix}_stat-{name}_map.nii.gz`` per map (q maps are 1 outside the mask)."""
+    import nibabel as nib
+
+    mask = np.asarray(mask_img.dataobj) > 0
+    written = []
+    for name, v in values.items():
+        vol = np.full(mask.shape, 1.0 if name == "fdrq" else 0.0, np.float32)
+        vol[mask] = v
+        path = prefix.parent / f"{prefix.name}_stat-{name}_map.nii.gz"
+        save_nifti(nib.Nifti1Image(vol, mask_img.affine), path)
+        written.append(str(path))
+    return written
+
+
+def map_sample(subjects: pd.DataFrame, net: str, mask_img):
+    """Load the network maps of the included subjects; drop unusable ones (recorded)."""
+    Y, reasons = load_masked_maps(list(subjects[f"map_{net}"]), mask_img)
+    ok = np.array([r is None for r in reasons], bool)
+    records = [exclusion_record(r.study_id, r.participant_id, r.group, "subject", f"map:{net}",
+                                why)
+               for r, why in zip(subjects.itertuples(), reasons) if why]
+    data = subjects[ok].copy()
+    data["group_ms"] = (data["group"] == "MS").astype(float)
+    return data, Y[ok], records
+
+
+def load_network_masks(network_masks: dict, maps: dict) -> dict:
+    """Load the mask image of every analysis network that has maps (network -> image)."""
+    import nibabel as nib
+
+    nets = [n for n in ANALYSIS_NETWORKS if n in (maps or {})]
+    missing = [n for n in nets if n not in network_masks]
+    if missing:
+        raise MsnetInputError(f"no network mask given for {', '.join(missing)}; run "
+                              "make_network_masks first and pass its outputs.")
+    return {n: nib.load(network_masks[n]) for n in nets}
+
+
+# --------------------------------------------------------------------------- file level
+
+
+def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, network_masks,
+                         study_id, out_dir, options=None) -> dict:
+    """MS vs HC in one study: network-level table and voxelwise t/g/var(g) maps.
+
+    Parameters
+    ----------
+    participants_tsv : path
+        The study's ``participants.tsv``.
+    qc_jsons, networks_tsvs : list of path
+        The study's subject QC files and networks tables.
+    maps : dict
+        Network -> list of the study's stage-2 map paths.
+    network_masks : dict
+        Network -> mask path (:func:`make_network_masks`).
+    study_id : str
+    out_dir : path
+        ``results/group/study-{id}``.
+    options : dict
+        ``group`` options (:data:`GROUP_DEFAULTS`; uses ``covariates``, ``min_per_group``,
+        ``alpha`` (CI level 1 - alpha)).
+
+    Returns
+    -------
+    dict
+        ``networks`` (TSV path), ``maps`` (list of paths), ``exclusions`` (TSV path).
+
+    Notes
+    -----
+    Writes ``study-{id}_desc-MSvsHC_networks.tsv`` (:func:`study_group_effects` columns),
+    ``study-{id}_network-{net}_stat-{t,g,varg}_map.nii.gz`` (0 outside the network mask; NaN
+    inside when the study is excluded for that network) and ``study-{id}_desc-exclusions.tsv``
+    (columns ``study_id, participant_id, group, level`` (subject/study/covariate), ``scope``
+    (``all``, ``metric:<name>``, ``map:<net>``), ``reason``).
+    """
+    opts = st.resolve_options(options, GROUP_DEFAULTS, "group")
+    level = 1.0 - float(opts["alpha"])
+    out_dir = Path(out_dir)
+    subjects, records = load_subjects({study_id: participants_tsv}, qc_jsons, networks_tsvs,
+                                      maps)
+    included = subjects[subjects["include"]]
+    table, rec = study_group_effects(included, opts["covariates"], opts["min_per_group"],
+                                     level, study_id)
+    records += rec
+    written = []
+    for net, mask_img in load_network_masks(network_masks, maps).items():
+        data, Y, rec = map_sample(included, net, mask_img)
+        design = st.build_design(data, ["group_ms"], opts["covariates"])
+        rec += design_records(design, data, f"map:{net}", study_id)
+        reason = _too_small(*_group_counts(design), design, opts["min_per_group"])
+        if reason:
+            rec.append(exclusion_record(study_id, NA, NA, "study", f"map:{net}", reason))
+            n_vox = int((np.asarray(mask_img.dataobj) > 0).sum())
+            values = {k: np.full(n_vox, np.nan) for k in ("t", "g", "varg")}
+        else:
+            res = voxelwise_group_study(Y[data.index.get_indexer(design.index)], design)
+            values = {k: res[k] for k in ("t", "g", "varg")}
+        written += save_maps(values, mask_img, out_dir / f"study-{study_id}_network-{net}")
+        records += rec
+    paths = {"networks": out_dir / f"study-{study_id}_desc-MSvsHC_networks.tsv",
+             "exclusions": out_dir / f"study-{study_id}_desc-exclusions.tsv"}
+    write_tsv(table, paths["networks"])
+    write_tsv(exclusion_table(records), paths["exclusions"])
+    return {"networks": str(paths["networks"]), "maps": written,
+            "exclusions": str(paths["exclusions"])}
+
+
+def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps,
+                          network_masks, out_dir, options=None) -> dict:
+    """Pooled (mega-analysis) MS vs HC over all studies.
+
+    Network level: MixedLM with a random intercept per study (:func:`pooled_group_effects`).
+    Voxelwise, per network inside its mask: OLS with one indicator per study plus covariates
+    and permutation inference (:func:`msnet.stats.permuted_glm`, Freedman–Lane) — voxel max-t
+    FWE, cluster-size FWE (cluster-forming ``cluster_forming_p``), optional TFCE, and BH-FDR
+    of the parametric p. Studies excluded from per-study statistics (too few subjects in a
+    group) are kept here.
+
+    Parameters
+    ----------
+    participants_tsvs : dict
+        study_id -> ``participants.tsv``.
+    qc_jsons, networks_tsvs : list of path
+        All subjects' QC files and networks tables.
+    maps : dict
+        Network -> list of all subjects' stage-2 maps.
+    network_masks : dict
+        Network -> mask path.
+    out_dir : path
+        ``results/group/pooled``.
+    options : dict
+        ``group`` options (:data:`GROUP_DEFAULTS`).
+
+    Returns
+    -------
+    dict
+        ``networks``, ``exclusions`` (TSV paths), ``maps`` and ``clusters`` (lists of paths).
+
+    Notes
+    -----
+    Writes ``pooled_desc-MSvsHC_networks.tsv``, ``pooled_desc-exclusions.tsv``,
+    ``pooled_network-{net}_stat-{t,g,varg,fdrq,logpfwe,logpcfwe}_map.nii.gz`` (+ ``tfce`` and
+    ``logptfcefwe`` with TFCE; ``logp*`` maps are ``sign(t) * -log10 p``; ``g`` is
+    ``J * beta / sigma``) and ``pooled_network-{net}_clusters.tsv`` (see
+    :func:`msnet.stats.cluster_table`; direction ``MS>HC``/``MS<HC``, effect column ``peak_g``).
+    """
+    opts = st.resolve_options(options, GROUP_DEFAULTS, "group")
+    level = 1.0 - float(opts["alpha"])
+    out_dir = Path(out_dir)
+    subjects, records = load_subjects(participants_tsvs, qc_jsons, networks_tsvs, maps)
+    included = subjects[subjects["include"]]
+    table, rec = pooled_group_effects(included, opts["covariates"], opts["min_per_group"],
+                                      level)
+    records += rec
+    written, clusters = [], []
+    for k, (net, mask_img) in enumerate(load_network_masks(network_masks, maps).items()):
+        data, Y, rec = map_sample(included, net, mask_img)
+        design = st.build_design(data, ["group_ms"], opts["covariates"], study_col="study_id")
+        rec += design_records(design, data, f"map:{net}", "pooled")
+        n_ms, n_hc = _group_counts(design)
+        prefix = out_dir / f"pooled_network-{net}"
+        reason = _too_small(n_ms, n_hc, design, opts["min_per_group"])
+        if reason:
+            rec.append(exclusion_record("pooled", NA, NA, "study", f"map:{net}", reason))
+            n_vox = int((np.asarray(mask_img.dataobj) > 0).sum())
+            values = {k: np.full(n_vox, np.nan)
+                      for k in [*st.inference_map_names(opts), "g", "varg"]}
+            ctab = pd.DataFrame(columns=st.cluster_columns("g"))
+        else:
+            res = permutation_inference(Y[data.index.get_indexer(design.index)], design,
+                                        "group_ms", np.asarray(mask_img.dataobj) > 0, opts,
+                                        [int(opts["seed"]), k])
+            g, var_g = st.hedges_g(res.effect / np.where(res.sigma > 0, res.sigma, np.inf),
+                                   n_ms, n_hc)
+            values = {**st.inference_maps(res), "g": g, "varg": var_g}
+            ctab = st.cluster_table(res, mask_img, g, "g", float(opts["alpha"]),
+                                    ("MS>HC", "MS<HC"))
+        ctab.insert(0, "network", net)
+        written += save_maps(values, mask_img, prefix)
+        cpath = out_dir / f"pooled_network-{net}_clusters.tsv"
+        write_tsv(ctab, cpath)
+        clusters.append(str(cpath))
+        records += rec
+    paths = {"networks": out_dir / "pooled_desc-MSvsHC_networks.tsv",
+             "exclusions": out_dir / "pooled_desc-exclusions.tsv"}
+    write_tsv(table, paths["networks"])
+    write_tsv(exclusion_table(records), paths["exclusions"])
+    return {"networks": str(paths["networks"]), "exclusions": str(paths["exclusions"]),
+            "maps": written, "clusters": clusters}

@@ -1,0 +1,289 @@
+"""Tests of msnet.group: MS vs HC per study and pooled, network level and voxelwise."""
+
+import json
+from itertools import combinations_with_replacement
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from msnet import ANALYSIS_NETWORKS, group
+from msnet import stats as st
+
+AFFINE = np.array([[4.0, 0, 0, 20.0], [0, 4.0, 0, -70.0], [0, 0, 4.0, 18.0], [0, 0, 0, 1]])
+SHAPE = (6, 6, 5)
+OPTS = {"n_permutations": 50, "cluster_forming_p": 0.01, "seed": 3}
+
+
+def write_study(root, study, n_ms, n_hc, rng, effect=0.0, slope=0.0, edss=True):
+    """Write a tiny study: participants.tsv, QC JSONs, networks TSVs and stage-2 maps.
+
+    MS subjects get ``effect`` added to within-DMN FC and to a DMN blob at voxel (3, 3, 2);
+    ``slope`` adds ``slope * edss`` to within-DMN FC (MS).
+    """
+    ijk = np.indices(SHAPE).reshape(3, -1).T
+    blob = np.exp(-np.sum((ijk - [3, 3, 2]) ** 2, axis=1) / 2.0).reshape(SHAPE)
+    n = n_ms + n_hc
+    part = pd.DataFrame({
+        "participant_id": [f"sub-{study}{i:02d}" for i in range(n)],
+        "group": ["MS"] * n_ms + ["HC"] * n_hc,
+        "age": np.round(rng.uniform(20, 60, n), 1),
+        "sex": rng.choice(["M", "F"], n),
+        "disease_duration": list(np.round(rng.uniform(0, 20, n_ms), 1)) + [np.nan] * n_hc,
+        "edss": list(rng.integers(0, 13, n_ms) / 2) + [np.nan] * n_hc,
+    })
+    if not edss:
+        part["edss"] = np.nan
+    sdir = root / f"study-{study}"
+    sdir.mkdir(parents=True)
+    part.to_csv(sdir / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    out = {"participants": sdir / "participants.tsv", "qc": [], "networks": [],
+           "maps": {net: [] for net in ANALYSIS_NETWORKS}, "table": part}
+    for row in part.itertuples():
+        ms = row.group == "MS"
+        d = sdir / row.participant_id
+        d.mkdir()
+        qc = {"study_id": study, "participant_id": row.participant_id, "include": True,
+              "exclusion_reason": None, "mean_fd": float(rng.uniform(0.05, 0.3))}
+        (d / f"{row.participant_id}_qc.json").write_text(json.dumps(qc))
+        fc = []
+        for a, b in combinations_with_replacement(ANALYSIS_NETWORKS + ("Auditory",), 2):
+            z = 0.3 + rng.normal(0, 0.1)
+            if a == b == "DMN" and ms:
+                z += effect + slope * np.nan_to_num(row.edss)
+            fc.append((a, b, z, 10))
+        pd.DataFrame(fc, columns=["network_a", "network_b", "fc_z", "n_edges"]).to_csv(
+            d / f"{row.participant_id}_networks.tsv", sep="\t", index=False)
+        out["qc"].append(d / f"{row.participant_id}_qc.json")
+        out["networks"].append(d / f"{row.participant_id}_networks.tsv")
+        for net in ANALYSIS_NETWORKS:
+            vol = 1.0 + rng.normal(size=SHAPE) + (effect * 3 * blob if net == "DMN" and ms else 0)
+            path = d / f"{row.participant_id}_network-{net}_stat-z_map.nii.gz"
+            nib.Nifti1Image(vol.astype(np.float32), AFFINE).to_filename(path)
+            out["maps"][net].append(path)
+    return out
+
+
+def write_masks(root):
+    masks = {}
+    for net in ANALYSIS_NETWORKS:
+        masks[net] = root / f"network-{net}_mask.nii.gz"
+        nib.Nifti1Image(np.ones(SHAPE, np.uint8), AFFINE).to_filename(masks[net])
+    return masks
+
+
+def set_qc(path, **changes):
+    qc = json.loads(path.read_text())
+    qc.update(changes)
+    path.write_text(json.dumps(qc))
+
+
+def subjects_frame(rng, n_ms=14, n_hc=12, studies=("a",), effect=0.3):
+    """Array-level subject table (as load_subjects returns) with one real metric."""
+    rows = []
+    for s in studies:
+        for i in range(n_ms + n_hc):
+            ms = i < n_ms
+            rows.append({"study_id": s, "participant_id": f"sub-{s}{i}",
+                         "group": "MS" if ms else "HC", "include": True,
+                         "age": rng.uniform(20, 60), "sex": rng.choice(["M", "F"]),
+                         "mean_fd": rng.uniform(0.05, 0.3)})
+    df = pd.DataFrame(rows)
+    shift = df["study_id"].map({s: rng.normal(0, 0.3) for s in studies})
+    for m in group.analysis_metrics().metric:
+        df[m] = rng.normal(0.3, 0.1, len(df))
+    df["within_DMN"] = (0.3 + effect * (df.group == "MS") + 0.004 * df.age + shift
+                        + rng.normal(0, 0.2, len(df)))
+    return df
+
+
+# --------------------------------------------------------------------------- array level
+
+
+def test_study_table_matches_statsmodels_and_hand_g():
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(0)
+    df = subjects_frame(rng)
+    table, _ = group.study_group_effects(df, ["age", "sex", "mean_fd"], level=0.95,
+                                         study_id="a")
+    row = table.set_index("metric").loc["within_DMN"]
+    df["ms"] = (df.group == "MS").astype(float)
+    ref = smf.ols("within_DMN ~ ms + age + C(sex) + mean_fd", df).fit()
+    assert row.status == "ok" and row.n_ms == 14 and row.n_hc == 12
+    np.testing.assert_allclose(row.beta, ref.params["ms"], rtol=1e-10)
+    np.testing.assert_allclose(row.t, ref.tvalues["ms"], rtol=1e-10)
+    np.testing.assert_allclose(row.p, ref.pvalues["ms"], rtol=1e-8)
+    np.testing.assert_allclose([row.beta_ci_low, row.beta_ci_high],
+                               ref.conf_int().loc["ms"], rtol=1e-10)
+    at_means = pd.DataFrame({"age": df.age.mean(), "mean_fd": df.mean_fd.mean(),
+                             "C(sex)[T.M]": (df.sex == "M").mean()}, index=[0])
+    exog = np.r_[1.0, at_means["C(sex)[T.M]"], 0.0, at_means.age, at_means.mean_fd]
+    names = list(ref.params.index)  # Intercept, C(sex)[T.M], ms, age, mean_fd
+    assert names == ["Intercept", "C(sex)[T.M]", "ms", "age", "mean_fd"]
+    np.testing.assert_allclose(row.adjmean_hc, exog @ ref.params, rtol=1e-10)
+    exog[2] = 1.0
+    np.testing.assert_allclose(row.adjmean_ms, exog @ ref.params, rtol=1e-10)
+    d = ref.tvalues["ms"] * np.sqrt(1 / 14 + 1 / 12)
+    j = 1 - 3 / (4 * 26 - 9)
+    np.testing.assert_allclose(row.g, j * d, rtol=1e-10)
+    np.testing.assert_allclose(row.var_g, j**2 * (1 / 14 + 1 / 12 + d**2 / 52), rtol=1e-10)
+    np.testing.assert_allclose(row.g_ci_high - row.g, 1.959964 * np.sqrt(row.var_g), rtol=1e-6)
+    assert len(table) == 10 and set(table.kind) == {"within", "between"}
+
+
+def test_pooled_table_matches_statsmodels_mixedlm():
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(1)
+    df = subjects_frame(rng, 10, 8, studies=("a", "b", "c", "d"))
+    table, _ = group.pooled_group_effects(df, ["age", "mean_fd"])
+    row = table.set_index("metric").loc["within_DMN"]
+    for c in ("age", "mean_fd"):
+        df[c + "_c"] = df[c] - df.groupby("study_id")[c].transform("mean")
+    df["ms"] = (df.group == "MS").astype(float)
+    ref = smf.mixedlm("within_DMN ~ ms + age_c + mean_fd_c", df, groups=df.study_id).fit()
+    assert row.method == "MixedLM" and row.n_studies == 4
+    np.testing.assert_allclose(row.beta, ref.params["ms"], rtol=1e-4)
+    np.testing.assert_allclose(row.p, ref.pvalues["ms"], rtol=1e-3)
+    np.testing.assert_allclose(row.adjmean_hc, ref.params["Intercept"], rtol=1e-4)
+    g, var_g = st.hedges_g(ref.params["ms"] / np.sqrt(ref.scale), 40, 32)
+    np.testing.assert_allclose([row.g, row.var_g], [g, var_g], rtol=1e-3)
+
+
+def test_voxelwise_study_map_equals_network_level_formula():
+    rng = np.random.default_rng(2)
+    df = subjects_frame(rng)
+    df["group_ms"] = (df.group == "MS").astype(float)
+    design = st.build_design(df, ["group_ms"], ["age", "sex"])
+    Y = np.column_stack([df.within_DMN, rng.normal(size=(len(df), 3))])
+    maps = group.voxelwise_group_study(Y, design)
+    table, _ = group.study_group_effects(df, ["age", "sex"])
+    row = table.set_index("metric").loc["within_DMN"]
+    np.testing.assert_allclose([maps["t"][0], maps["g"][0], maps["varg"][0]],
+                               [row.t, row.g, row.var_g], rtol=1e-10)
+
+
+def test_network_mask_is_union_of_template_and_data():
+    rng = np.random.default_rng(3)
+    template = np.array([0.9, 0.5, 0.1, 0.0, 0.0, 0.0])
+    maps = rng.normal(size=(40, 6)) * 0.5
+    maps[:, 4] += 2.0  # strong loading outside the template
+    maps[:, 5] -= 2.0  # strong negative loading: not part of the network
+    mask = group.network_mask(template, maps, 0.2, 5.0)
+    np.testing.assert_array_equal(mask, [True, True, False, False, True, False])
+    np.testing.assert_array_equal(mask, group.network_mask(template, iter(maps), 0.2, 5.0))
+
+
+# --------------------------------------------------------------------------- file level
+
+
+def test_compare_groups_study_writes_outputs(tmp_path):
+    rng = np.random.default_rng(4)
+    s = write_study(tmp_path, "A", 12, 10, rng, effect=0.8)
+    masks = write_masks(tmp_path)
+    out = group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"],
+                                     masks, "A", tmp_path / "out", OPTS)
+    table = pd.read_csv(out["networks"], sep="\t")
+    assert len(table) == 10 and (table.status == "ok").all()
+    dmn = table.set_index("metric").loc["within_DMN"]
+    assert dmn.g > 1 and dmn.p < 0.01 and dmn.n_ms == 12 and dmn.n_hc == 10
+    for net in ANALYSIS_NETWORKS:
+        for stat in ("t", "g", "varg"):
+            img = nib.load(tmp_path / "out" / f"study-A_network-{net}_stat-{stat}_map.nii.gz")
+            assert img.shape == SHAPE and np.isfinite(img.get_fdata()).all()
+    g = nib.load(tmp_path / "out" / "study-A_network-DMN_stat-g_map.nii.gz").get_fdata()
+    assert g[3, 3, 2] > 1.0
+    assert pd.read_csv(out["exclusions"], sep="\t").empty
+
+
+def test_degenerate_inputs_become_recorded_exclusions(tmp_path):
+    rng = np.random.default_rng(5)
+    s = write_study(tmp_path, "B", 6, 3, rng)
+    masks = write_masks(tmp_path)
+    pid = [p.parent.name for p in s["qc"]]
+    set_qc(s["qc"][7], include=False, exclusion_reason="mean FD > 0.5 mm")  # HC -> 2 HC left
+    nan_map = s["maps"]["DMN"][0]  # MS subject with an all-NaN DMN map
+    nib.Nifti1Image(np.full(SHAPE, np.nan, np.float32), AFFINE).to_filename(nan_map)
+    zero_map = s["maps"]["SMN"][8]  # an HC with an all-zero SMN map -> 1 HC left for SMN
+    nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE).to_filename(zero_map)
+    table = s["table"].copy()
+    table["sex"] = "F"  # constant covariate
+    table.to_csv(s["participants"], sep="\t", index=False, na_rep="n/a")
+    out = group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"],
+                                     masks, "B", tmp_path / "out", OPTS)
+    excl = pd.read_csv(out["exclusions"], sep="\t", keep_default_na=False)
+    by = {(r.participant_id, r.level, r.scope): r.reason for r in excl.itertuples()}
+    assert by[(pid[7], "subject", "all")] == "QC: mean FD > 0.5 mm"
+    assert "NaN" in by[(pid[0], "subject", "map:DMN")]
+    assert "all zero" in by[(pid[8], "subject", "map:SMN")]
+    assert "fewer than 2" in by[("n/a", "study", "map:SMN")]
+    assert any(r.level == "covariate" and r.reason == "sex: constant" for r in excl.itertuples())
+    t_smn = nib.load(tmp_path / "out" / "study-B_network-SMN_stat-t_map.nii.gz").get_fdata()
+    assert np.isnan(t_smn).all()
+    t_dmn = nib.load(tmp_path / "out" / "study-B_network-DMN_stat-t_map.nii.gz").get_fdata()
+    assert np.isfinite(t_dmn).all()
+    res = pd.read_csv(out["networks"], sep="\t")
+    assert (res.status == "ok").all() and (res.n_hc == 2).all()
+    assert res.covariates_dropped.str.contains("sex: constant").all()
+    # one HC only: every per-study statistic excluded, with the reason
+    set_qc(s["qc"][6], include=False)
+    out = group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"],
+                                     masks, "B", tmp_path / "out2", OPTS)
+    res = pd.read_csv(out["networks"], sep="\t")
+    assert (res.status == "excluded").all() and res.reason.str.contains("HC 1").all()
+    assert res.g.isna().all()
+
+
+def test_compare_groups_pooled_keeps_small_study_and_finds_effect(tmp_path):
+    rng = np.random.default_rng(6)
+    studies = {k: write_study(tmp_path, k, n_ms, n_hc, rng, effect=1.0)
+               for k, (n_ms, n_hc) in {"A": (10, 8), "B": (9, 9), "C": (4, 1)}.items()}
+    masks = write_masks(tmp_path)
+    cat = lambda key: [p for s in studies.values() for p in s[key]]  # noqa: E731
+    maps = {net: [p for s in studies.values() for p in s["maps"][net]]
+            for net in ANALYSIS_NETWORKS}
+    out = group.compare_groups_pooled({k: s["participants"] for k, s in studies.items()},
+                                      cat("qc"), cat("networks"), maps, masks,
+                                      tmp_path / "pooled", OPTS)
+    table = pd.read_csv(out["networks"], sep="\t").set_index("metric")
+    dmn = table.loc["within_DMN"]
+    assert dmn.method == "MixedLM" and dmn.n_studies == 3 and dmn.n_ms == 23 and dmn.n_hc == 18
+    assert dmn.beta > 0 and dmn.p < 0.001
+    names = st.inference_map_names({**st.INFERENCE_DEFAULTS, **OPTS}) + ["g", "varg"]
+    for net in ANALYSIS_NETWORKS:
+        for stat in names:
+            assert (tmp_path / "pooled" / f"pooled_network-{net}_stat-{stat}_map.nii.gz").exists()
+    clusters = pd.read_csv(tmp_path / "pooled" / "pooled_network-DMN_clusters.tsv", sep="\t")
+    assert list(clusters.columns) == ["network"] + st.cluster_columns("g")
+    top = clusters.iloc[0]
+    assert top.direction == "MS>HC" and top.peak_g > 0.5 and top.cluster_p_fwe < 0.05
+    assert isinstance(top.label, str)
+
+
+def test_make_network_masks(tmp_path):
+    from msnet.atlas import network_templates
+
+    rng = np.random.default_rng(7)
+    s = write_study(tmp_path, "A", 8, 8, rng)
+    region = np.zeros(SHAPE, bool)
+    region[:2, :2, :2] = True  # strongly expressed in the data
+    for path in s["maps"]["DMN"]:
+        vol = rng.normal(size=SHAPE) + 3.0 * region
+        nib.Nifti1Image(vol.astype(np.float32), AFFINE).to_filename(path)
+    set_qc(s["qc"][0], include=False)
+    nib.Nifti1Image(np.full(SHAPE, np.nan, np.float32), AFFINE).to_filename(s["maps"]["DMN"][0])
+    out = group.make_network_masks(s["qc"], s["maps"], tmp_path / "masks",
+                                   {"mask_t_threshold": 6.0})
+    assert set(out) == set(ANALYSIS_NETWORKS)
+    mask = nib.load(out["DMN"]).get_fdata() > 0
+    full = nib.Nifti1Image(np.ones(SHAPE, np.uint8), AFFINE)
+    template = network_templates(full)[1][0].reshape(SHAPE)
+    assert (template > 0.2).any() and not (template > 0.2).all()
+    np.testing.assert_array_equal(mask, (template > 0.2) | region)
+
+
+def test_unknown_option_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown option"):
+        group.compare_groups_study("x", [], [], {}, {}, "A", tmp_path, {"n_perms": 5})
