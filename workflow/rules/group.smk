@@ -1,0 +1,118 @@
+"""Stage 3: MS vs HC per study and pooled (network level and voxelwise)."""
+
+GROUP_DIR = f"{R}/group"
+MASK_PATTERN = f"{GROUP_DIR}/masks/network-{{net}}_mask.nii.gz"
+GROUP_OPTIONS = {**config["group"], "seed": config["seed"]}
+
+
+def participants_tsv(study):
+    """The study's participants.tsv (for the demo, written by rule simulate_study)."""
+    if SIMULATE:
+        return f"{SIM_DIR}/study-{study}/participants.tsv"
+    return PLAN.studies.set_index("study_id").loc[study, "participants_tsv"]
+
+
+def subject_files(kind, study=None, net=None):
+    """Subject-stage outputs of every subject (of one study when `study` is given)."""
+    subjects = PLAN.subjects if study is None else PLAN.study_subjects(study)
+    suffix = {
+        "qc": "qc.json",
+        "networks": "networks.tsv",
+        "map": f"network-{net}_stat-z_map.nii.gz",
+    }[kind]
+    return [
+        f"{R}/subjects/study-{row.study_id}/sub-{row.label}/sub-{row.label}_{suffix}"
+        for row in subjects.itertuples()
+    ]
+
+
+def subject_maps(study=None):
+    return {net: subject_files("map", study, net) for net in NETWORKS}
+
+
+rule make_network_masks:
+    input:
+        qc=subject_files("qc"),
+        maps=[f for net in NETWORKS for f in subject_files("map", net=net)],
+    output:
+        masks=expand(MASK_PATTERN, net=NETWORKS),
+    params:
+        maps=subject_maps(),
+        options=GROUP_OPTIONS,
+        out_dir=f"{GROUP_DIR}/masks",
+    log:
+        f"{R}/logs/make_network_masks.log",
+    benchmark:
+        f"{R}/benchmarks/make_network_masks.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("make_network_masks", "mem_mb"),
+        runtime=lambda wc: resources_for("make_network_masks", "runtime"),
+    script:
+        "../../scripts/make_network_masks.py"
+
+
+rule compare_groups_study:
+    input:
+        participants=lambda wc: participants_tsv(wc.study),
+        qc=lambda wc: subject_files("qc", wc.study),
+        networks=lambda wc: subject_files("networks", wc.study),
+        maps=lambda wc: [f for net in NETWORKS for f in subject_files("map", wc.study, net)],
+        masks=expand(MASK_PATTERN, net=NETWORKS),
+    output:
+        table=f"{GROUP_DIR}/study-{{study}}/study-{{study}}_desc-MSvsHC_networks.tsv",
+        exclusions=f"{GROUP_DIR}/study-{{study}}/study-{{study}}_desc-exclusions.tsv",
+        g=expand(f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-g_map.nii.gz", net=NETWORKS),
+        varg=expand(f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-varg_map.nii.gz", net=NETWORKS),
+    params:
+        maps=lambda wc: subject_maps(wc.study),
+        masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
+        options=GROUP_OPTIONS,
+        out_dir=lambda wc: f"{GROUP_DIR}/study-{wc.study}",
+    log:
+        f"{R}/logs/compare_groups_study/study-{{study}}.log",
+    benchmark:
+        f"{R}/benchmarks/compare_groups_study/study-{{study}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("compare_groups_study", "mem_mb"),
+        runtime=lambda wc: resources_for("compare_groups_study", "runtime"),
+    script:
+        "../../scripts/compare_groups_study.py"
+
+
+POOLED_DIR = f"{GROUP_DIR}/pooled"
+
+rule compare_groups_pooled:
+    input:
+        participants=[participants_tsv(s) for s in STUDIES],
+        qc=subject_files("qc"),
+        networks=subject_files("networks"),
+        maps=[f for net in NETWORKS for f in subject_files("map", net=net)],
+        masks=expand(MASK_PATTERN, net=NETWORKS),
+    output:
+        table=f"{POOLED_DIR}/pooled_desc-MSvsHC_networks.tsv",
+        exclusions=f"{POOLED_DIR}/pooled_desc-exclusions.tsv",
+        t=expand(f"{POOLED_DIR}/pooled_network-{{net}}_stat-t_map.nii.gz", net=NETWORKS),
+        logpfwe=expand(f"{POOLED_DIR}/pooled_network-{{net}}_stat-logpfwe_map.nii.gz", net=NETWORKS),
+        clusters=expand(f"{POOLED_DIR}/pooled_network-{{net}}_clusters.tsv", net=NETWORKS),
+    params:
+        participants=lambda wc: {s: participants_tsv(s) for s in STUDIES},
+        maps=subject_maps(),
+        masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
+        options=GROUP_OPTIONS,
+        out_dir=POOLED_DIR,
+    log:
+        f"{R}/logs/compare_groups_pooled.log",
+    benchmark:
+        f"{R}/benchmarks/compare_groups_pooled.tsv"
+    threads: lambda wc: resources_for("compare_groups_pooled", "threads")
+    resources:
+        mem_mb=lambda wc: resources_for("compare_groups_pooled", "mem_mb"),
+        runtime=lambda wc: resources_for("compare_groups_pooled", "runtime"),
+    script:
+        "../../scripts/compare_groups_pooled.py"
+
+
+ALL_TARGETS += expand(rules.compare_groups_study.output.table, study=STUDIES)
+ALL_TARGETS += rules.compare_groups_pooled.output
