@@ -24,8 +24,16 @@ except MsnetInputError as exc:
     raise WorkflowError(f"msnet: invalid input.\n{exc}") from None
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
+include: "workflow/rules/subject.smk"
+include: "workflow/rules/group.smk"
+include: "workflow/rules/clinical.smk"
+include: "workflow/rules/meta.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

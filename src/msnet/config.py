@@ -43,6 +43,9 @@ def _fill_defaults(schema: dict, value, root: dict | None = None):
     for key, sub in schema.get("properties", {}).items():
         if key not in value and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
+        elif isinstance(sub.get("default"), dict) and isinstance(value.get(key), dict):
+            # a partial override (e.g. only mem_mb of a rule) keeps the other defaults
+            value[key] = {**copy.deepcopy(sub["default"]), **value[key]}
         if key in value:
             value[key] = _fill_defaults(sub, value[key], root)
     return value

@@ -75,7 +75,7 @@ def test_every_schema_key_is_documented():
     [
         ({"simulat": {}}, "'simulat' was unexpected"),
         ({"simulate": {"tr": -2}}, "simulate.tr' = -2"),
-        ({"simulate": {"scale": 3}}, "simulate.scale"),
+        ({"simulate": {"scale": 5}}, "simulate.scale"),
         ({"data": {"mode": "bids"}}, "one of simulate, fmriprep"),
         ({"data": {"mode": "fmriprep"}}, "studies_tsv is not set"),
         ({"seed": "abc"}, "key 'seed'"),

@@ -144,3 +144,18 @@ def build_plan(config: dict) -> Plan:
     if config["data"]["mode"] == "simulate":
         return _simulated_plan(config)
     return _fmriprep_plan(config)
+
+
+def record_excluded_inputs(records, path) -> None:
+    """Write the inputs dropped before analysis (``on_missing: exclude``) as a TSV.
+
+    Parameters
+    ----------
+    records : list of dict
+        ``study_id``, ``participant_id``, ``reason`` per excluded input (may be empty).
+    path : str or Path
+        Output TSV (written even when empty, with its header).
+    """
+    from msnet.io.atomic import write_tsv
+
+    write_tsv(pd.DataFrame(records, columns=["study_id", "participant_id", "reason"]), path)

@@ -1,0 +1,85 @@
+"""Stage 5: random-effects meta-analysis across studies, meta-regression, meta vs mega."""
+
+META_DIR = f"{R}/meta"
+META_OPTIONS = {**config["meta"], "seed": config["seed"]}
+META_TABLES = ["networks", "loo", "egger", "metaregression"]
+
+
+def study_maps(stat, net):
+    return {s: f"{GROUP_DIR}/study-{s}/study-{s}_network-{net}_stat-{stat}_map.nii.gz"
+            for s in STUDIES}
+
+
+rule meta_networks:
+    input:
+        tables=expand(rules.compare_groups_study.output.table, study=STUDIES),
+        participants=[participants_tsv(s) for s in STUDIES],
+    output:
+        tables=expand(f"{META_DIR}/meta_desc-{{name}}_stats.tsv", name=META_TABLES),
+        moderators=f"{META_DIR}/meta_desc-studies_moderators.tsv",
+        forest=f"{META_DIR}/meta_desc-forest_data.tsv",
+    params:
+        tables=dict(zip(STUDIES, expand(rules.compare_groups_study.output.table, study=STUDIES))),
+        participants={s: participants_tsv(s) for s in STUDIES},
+        options=META_OPTIONS,
+        out_dir=META_DIR,
+    log:
+        f"{R}/logs/meta_networks.log",
+    benchmark:
+        f"{R}/benchmarks/meta_networks.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("meta_networks", "mem_mb"),
+        runtime=lambda wc: resources_for("meta_networks", "runtime"),
+    script:
+        "../../scripts/meta_networks.py"
+
+
+rule meta_voxelwise:
+    input:
+        g=lambda wc: list(study_maps("g", wc.net).values()),
+        varg=lambda wc: list(study_maps("varg", wc.net).values()),
+        mask=MASK_PATTERN,
+        moderators=rules.meta_networks.output.moderators,
+    output:
+        maps=expand(f"{META_DIR}/meta_network-{{{{net}}}}_stat-{{stat}}_map.nii.gz",
+                    stat=["g", "z", "logp_fwe", "fdr_q", "i2", "tau2"]),
+        clusters=f"{META_DIR}/meta_network-{{net}}_clusters.tsv",
+    params:
+        g=lambda wc: study_maps("g", wc.net),
+        varg=lambda wc: study_maps("varg", wc.net),
+        options=META_OPTIONS,
+        out_dir=META_DIR,
+    log:
+        f"{R}/logs/meta_voxelwise/network-{{net}}.log",
+    benchmark:
+        f"{R}/benchmarks/meta_voxelwise/network-{{net}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("meta_voxelwise", "mem_mb"),
+        runtime=lambda wc: resources_for("meta_voxelwise", "runtime"),
+    script:
+        "../../scripts/meta_voxelwise.py"
+
+
+rule meta_vs_mega:
+    input:
+        meta=f"{META_DIR}/meta_desc-networks_stats.tsv",
+        mega=rules.compare_groups_pooled.output.table,
+    output:
+        table=f"{META_DIR}/meta_desc-metavsmega_stats.tsv",
+    params:
+        alpha=config["meta"]["alpha"],
+    log:
+        f"{R}/logs/meta_vs_mega.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("meta_vs_mega", "mem_mb"),
+        runtime=lambda wc: resources_for("meta_vs_mega", "runtime"),
+    script:
+        "../../scripts/meta_vs_mega.py"
+
+
+ALL_TARGETS += rules.meta_networks.output
+ALL_TARGETS += expand(rules.meta_voxelwise.output.clusters, net=NETWORKS)
+ALL_TARGETS += rules.meta_vs_mega.output

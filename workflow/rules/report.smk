@@ -1,0 +1,70 @@
+"""Stage 6: figures and the self-contained HTML report (results/report.html)."""
+
+from msnet.report import figure_paths, input_files, report_inputs
+
+FIGURES_DIR = f"{R}/figures"
+REPORT_INPUTS = report_inputs(
+    R,
+    STUDIES,
+    subject_files("qc"),
+    participants={s: participants_tsv(s) for s in STUDIES},
+    networks=NETWORKS,
+    excluded_inputs=f"{R}/excluded_inputs.tsv",
+)
+CAPTIONS = {
+    "qc_overview": ("qc_overview.rst", "Dataset and QC"),
+    "study_effects": ("study_effects.rst", "Group comparisons"),
+    "glass_brain_pooled": ("glass_brain.rst", "Voxelwise results"),
+    "glass_brain_meta": ("glass_brain.rst", "Voxelwise results"),
+    "forest": ("forest.rst", "Meta-analysis"),
+    "funnel": ("funnel.rst", "Meta-analysis"),
+    "bubble": ("bubble.rst", "Meta-regression"),
+    "clinical_scatter": ("clinical_scatter.rst", "Clinical associations"),
+}
+REPORT_FIGURES = [
+    report(path, caption=f"../report/{CAPTIONS[kind][0]}", category=CAPTIONS[kind][1])
+    for kind, paths in figure_paths(FIGURES_DIR, NETWORKS, "png").items()
+    for path in paths
+]
+
+
+rule record_excluded_inputs:
+    output:
+        table=f"{R}/excluded_inputs.tsv",
+    params:
+        records=PLAN.excluded.to_dict("records"),
+    log:
+        f"{R}/logs/record_excluded_inputs.log",
+    threads: 1
+    resources:
+        mem_mb=200,
+        runtime=2,
+    script:
+        "../../scripts/record_excluded_inputs.py"
+
+
+rule build_report:
+    input:
+        input_files(REPORT_INPUTS),
+    output:
+        html=f"{R}/report.html",
+        comparison=report(f"{R}/report_desc-published_comparison.tsv",
+                          caption="../report/published_comparison.rst", category="Findings"),
+        figures=REPORT_FIGURES,
+        svg=[p for paths in figure_paths(FIGURES_DIR, NETWORKS, "svg").values() for p in paths],
+    params:
+        inputs=REPORT_INPUTS,
+        figures_dir=FIGURES_DIR,
+    log:
+        f"{R}/logs/build_report.log",
+    benchmark:
+        f"{R}/benchmarks/build_report.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("build_report", "mem_mb"),
+        runtime=lambda wc: resources_for("build_report", "runtime"),
+    script:
+        "../../scripts/build_report.py"
+
+
+ALL_TARGETS += [rules.build_report.output.html]
