@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import yaml
 
@@ -22,12 +24,16 @@ sub-04\tHC\t33\tM\tn/a\tn/a
 
 
 def _touch_subject(root: Path, pid: str):
+    """Tiny but valid fMRIPrep files (headers are read to cross-check the TR)."""
     func = root / pid / "func"
     func.mkdir(parents=True)
     stem = f"{pid}_task-rest_space-MNI152NLin2009cAsym"
-    for name in (f"{stem}_desc-preproc_bold.nii.gz", f"{stem}_desc-brain_mask.nii.gz",
-                 f"{pid}_task-rest_desc-confounds_timeseries.tsv"):
-        (func / name).write_text("")
+    bold = nib.Nifti1Image(np.zeros((2, 2, 2, 4), np.int16), np.eye(4))
+    bold.header.set_zooms((1.0, 1.0, 1.0, 2.0))
+    bold.to_filename(func / f"{stem}_desc-preproc_bold.nii.gz")
+    nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), np.eye(4)).to_filename(
+        func / f"{stem}_desc-brain_mask.nii.gz")
+    (func / f"{pid}_task-rest_desc-confounds_timeseries.tsv").write_text("trans_x\n0\n0\n0\n0\n")
     (func / f"{stem}_desc-preproc_bold.json").write_text('{"RepetitionTime": 2.0}')
 
 

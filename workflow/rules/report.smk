@@ -21,11 +21,11 @@ CAPTIONS = {
     "bubble": ("bubble.rst", "Meta-regression"),
     "clinical_scatter": ("clinical_scatter.rst", "Clinical associations"),
 }
-REPORT_FIGURES = [
-    report(path, caption=f"../report/{CAPTIONS[kind][0]}", category=CAPTIONS[kind][1])
-    for kind, paths in figure_paths(FIGURES_DIR, NETWORKS, "png").items()
-    for path in paths
-]
+# (`report` must not start a line here: the Snakemake parser would read it as a directive)
+REPORT_FIGURES = [report(path, caption=f"../report/{CAPTIONS[kind][0]}",
+                         category=CAPTIONS[kind][1])
+                  for kind, paths in figure_paths(FIGURES_DIR, NETWORKS, "png").items()
+                  for path in paths]
 
 
 rule record_excluded_inputs:

@@ -1,0 +1,869 @@
+"""Denoising of fMRIPrep BOLD runs with nilearn's semantics, at a few seconds per subject.
+
+What is computed is what ``NiftiMasker(mask_img, smoothing_fwhm, detrend, high_pass,
+low_pass, t_r, standardize_confounds).fit_transform(bold, confounds, sample_mask)`` computes
+with the confounds and sample mask of ``nilearn.interfaces.fmriprep.load_confounds``
+(before standardisation, which is left to the caller):
+
+1. confound selection and the sample mask (non-steady-state volumes, scrubbing) come from
+   nilearn's own ``load_confounds`` / ``load_confounds_strategy`` (:func:`select_confounds`);
+2. spatial smoothing is nilearn's ``smooth_array`` (``gaussian_filter1d`` along x, y, z in
+   float32, non-finite values set to 0), restricted to the mask's bounding box plus the
+   kernel radius, which gives the same values at every in-mask voxel;
+3. the temporal cleaning of ``nilearn.signal.clean`` (nilearn 0.13, ``extrapolate=False``):
+   crop to the first..last kept volume, cubic-spline interpolation of censored volumes,
+   detrend, 5th-order Butterworth filtering of signals and confounds, censoring, z-scored
+   confounds projected out through a pivoted QR (or, without filtering: censor, detrend,
+   project).
+
+Why msnet does not just call nilearn (measured in ``benchmarks/bench_denoise.py``):
+``NiftiMasker`` decompresses the ``.nii.gz`` more than once and holds several float copies
+of the 4-D image (about 9 GB at 2 mm), and ``signal.clean`` runs the Butterworth filter voxel
+by voxel (about 70 s). Every step of the temporal cleaning is linear in the signal and the
+same for all voxels, so msnet applies it to the identity matrix once per run to obtain an
+operator ``M`` (n_kept x n_volumes) and cleans every voxel with one matrix product. The BOLD
+is streamed once from its gzip (``isal``), volume chunk by chunk, and smoothed and gathered on
+the fly, so only the masked time series are held in memory.
+
+Deliberate difference: nilearn 0.13.1's ``signal._interpolate_volumes`` indexes with
+``~sample_mask`` on an *integer* index array (bitwise NOT = negative indices), so it only
+interpolates the censored volumes whose mirror position ``n-1-i`` is kept, and leaves the
+others at their raw value (and may keep censored edge volumes in the filtered segment).
+msnet interpolates every censored volume, as nilearn documents (Lindquist et al. 2018).
+Where no censored volume is affected (e.g. no censoring, or every censored volume's
+mirror kept), the two agree to float32 precision; the tests check both.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from msnet import ANALYSIS_NETWORKS
+from msnet import qc as qcmod
+from msnet.errors import MsnetInputError
+from msnet.io.fmriprep import MOTION_COLUMNS, SubjectFiles, read_confounds
+
+PRESET_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma")
+"""nilearn ``load_confounds_strategy`` presets, used with nilearn's preset parameters."""
+
+_EXPANSIONS = ("basic", "derivatives", "power2", "full")
+_COMPCOR = ("anat_combined", "anat_separated", "temporal", "temporal_anat_combined",
+            "temporal_anat_separated")
+
+DEFAULT_OPTIONS = {
+    "strategy": "custom",
+    "motion": "full",
+    "wm_csf": "basic",
+    "global_signal": None,
+    "compcor": None,
+    "n_compcor": "all",
+    "scrub": 5,
+    "fd_threshold": 0.5,
+    "std_dvars_threshold": 1.5,
+    "detrend": True,
+    "high_pass": 0.01,
+    "low_pass": 0.08,
+    "smoothing_fwhm": 6.0,
+    "standardize_confounds": True,
+    "multi_run": "first",
+}
+"""Denoising options (config section ``denoise``). The confound keys ``motion`` to
+``std_dvars_threshold`` apply to ``strategy: custom``; presets use nilearn's values."""
+
+BUTTERWORTH_ORDER = 5
+"""nilearn's default Butterworth order."""
+
+_CHUNK_BYTES = 64 * 2**20
+_VOXEL_BLOCK = 8192
+
+
+@dataclass
+class CleanedBold:
+    """Cleaned, masked BOLD of one subject.
+
+    Attributes
+    ----------
+    data : numpy.ndarray or None
+        (n_kept, n_voxels) float32, confounds regressed, filtered, censored volumes
+        removed, NOT standardised; None when the subject could not be processed.
+    mask_img : nibabel.Nifti1Image
+        Analysis mask (brain mask(s) minus lesion voxels); columns of ``data`` are its
+        voxels in C order.
+    tr : float
+        Repetition time (s).
+    sample_mask : numpy.ndarray
+        Indices of the kept volumes. With several runs, run ``r``'s indices are offset by
+        the total number of volumes of runs ``0..r-1`` (indices into the concatenation of
+        the original runs).
+    qc : dict
+        JSON-serialisable QC metrics (see :func:`clean_subject`).
+    lesion_mask : numpy.ndarray or None
+        Boolean over the brain-mask voxels (C order): those removed as lesion.
+    """
+
+    data: np.ndarray | None
+    mask_img: object
+    tr: float
+    sample_mask: np.ndarray
+    qc: dict
+    lesion_mask: np.ndarray | None = None
+
+
+class _Unprocessable(Exception):
+    """A run whose data cannot be cleaned (recorded as an exclusion, not raised)."""
+
+
+def resolve_options(options=None) -> dict:
+    """Merge ``options`` over :data:`DEFAULT_OPTIONS` and validate every value.
+
+    Raises
+    ------
+    MsnetInputError
+        Unknown key or invalid value, naming ``denoise.<key>`` and what is allowed.
+    """
+    opts = dict(DEFAULT_OPTIONS)
+    for key, value in (options or {}).items():
+        if key not in DEFAULT_OPTIONS:
+            raise MsnetInputError(f"Unknown denoise option {key!r}; known: {sorted(DEFAULT_OPTIONS)}.")
+        opts[key] = value
+
+    def bad(key, allowed):
+        return MsnetInputError(f"denoise.{key} must be {allowed}, got {opts[key]!r}.")
+
+    def number(key, low=0.0, allow_none=False):
+        value = opts[key]
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
+            raise bad(key, f"a number > {low}" + (" or null" if allow_none else ""))
+
+    choices = {
+        "strategy": ("custom",) + PRESET_STRATEGIES,
+        "motion": _EXPANSIONS + (None,),
+        "wm_csf": _EXPANSIONS + (None,),
+        "global_signal": _EXPANSIONS + (None,),
+        "compcor": _COMPCOR + (None,),
+        "multi_run": ("first", "concatenate"),
+    }
+    for key, allowed in choices.items():
+        if opts[key] not in allowed:
+            raise bad(key, f"one of {list(allowed)}")
+    for key in ("detrend", "standardize_confounds"):
+        if not isinstance(opts[key], bool):
+            raise bad(key, "true or false")
+    n_comp = opts["n_compcor"]
+    if n_comp != "all" and (isinstance(n_comp, bool) or not isinstance(n_comp, int) or n_comp < 1):
+        raise bad("n_compcor", "'all' or an integer >= 1")
+    scrub = opts["scrub"]
+    if scrub is not None and (isinstance(scrub, bool) or not isinstance(scrub, int) or scrub < 0):
+        raise bad("scrub", "null (no scrubbing) or an integer >= 0 (minimum segment length)")
+    number("fd_threshold")
+    number("std_dvars_threshold")
+    number("high_pass", allow_none=True)
+    number("low_pass", allow_none=True)
+    number("smoothing_fwhm", low=-1e-12, allow_none=True)
+    if opts["high_pass"] is not None and opts["low_pass"] is not None and opts["high_pass"] >= opts["low_pass"]:
+        raise MsnetInputError(
+            f"denoise.high_pass ({opts['high_pass']} Hz) must be below denoise.low_pass ({opts['low_pass']} Hz)."
+        )
+    return opts
+
+
+# --------------------------------------------------------------------------- confounds
+
+
+def _custom_load_kwargs(opts: dict) -> dict:
+    """``load_confounds`` keyword arguments for ``strategy: custom``."""
+    strategy = [c for c in ("motion", "wm_csf", "global_signal") if opts[c]]
+    if opts["compcor"]:
+        strategy += ["high_pass", "compcor"]  # nilearn: fMRIPrep's CompCor needs its cosines
+    if opts["scrub"] is not None:
+        strategy.append("scrub")
+    return {
+        "strategy": tuple(strategy),
+        "motion": opts["motion"] or "full",
+        "wm_csf": opts["wm_csf"] or "basic",
+        "global_signal": opts["global_signal"] or "basic",
+        "compcor": opts["compcor"] or "anat_combined",
+        "n_compcor": opts["n_compcor"],
+        "scrub": opts["scrub"] or 0,
+        "fd_threshold": opts["fd_threshold"],
+        "std_dvars_threshold": opts["std_dvars_threshold"],
+        "demean": True,
+    }
+
+
+def select_confounds(table, meta, opts: dict, source: Path):
+    """Select confounds and build the sample mask with nilearn's ``load_confounds``.
+
+    nilearn reads the TSV beside an image path; msnet hands it the harmonised table (see
+    :func:`msnet.io.fmriprep.read_confounds`) written beside a stand-in image name in a
+    temporary folder, so legacy tables and recomputed FD/DVARS go through exactly the same
+    nilearn code as current ones.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Harmonised confounds (with ``framewise_displacement`` and ``std_dvars``).
+    meta : dict or None
+        Companion JSON (CompCor metadata).
+    opts : dict
+        Resolved denoise options.
+    source : Path
+        The original TSV, for error messages.
+
+    Returns
+    -------
+    confounds : numpy.ndarray or None
+        (n_volumes, n_regressors) float64, demeaned over the kept volumes.
+    names : list of str
+        Regressor names.
+    sample_mask : numpy.ndarray
+        Indices of the kept volumes (all volumes when nothing is removed).
+    """
+    from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
+
+    tmp = Path(tempfile.mkdtemp(prefix="msnet_conf_"))
+    while "tsv" in str(tmp):  # nilearn derives the JSON path with str.replace("tsv", "json")
+        tmp.rmdir()
+        tmp = Path(tempfile.mkdtemp(prefix="msnet_conf_"))
+    try:
+        stem = tmp / "sub-x_task-x"
+        table.to_csv(f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+        Path(f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(meta or {}))
+        desc = "smoothAROMAnonaggr" if opts["strategy"] == "ica_aroma" else "preproc"
+        img = f"{stem}_space-x_desc-{desc}_bold.nii.gz"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if opts["strategy"] == "custom":
+                conf, sample_mask = load_confounds(img, **_custom_load_kwargs(opts))
+            else:
+                conf, sample_mask = load_confounds_strategy(img, denoise_strategy=opts["strategy"])
+    except ValueError as exc:
+        raise MsnetInputError(
+            f"Confounds table {source} lacks what denoise strategy {opts['strategy']!r} needs: {exc} "
+            "Pick a strategy/option the table supports (e.g. compcor needs fMRIPrep >= 1.4)."
+        ) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = len(table)
+    sample_mask = np.arange(n) if sample_mask is None else np.asarray(sample_mask, dtype=int)
+    if conf is None or conf.shape[1] == 0:
+        return None, [], sample_mask
+    return conf.to_numpy(dtype=float), list(conf.columns), sample_mask
+
+
+def _dummy_count(table) -> int:
+    cols = [c for c in table.columns if c.startswith("non_steady_state_outlier")]
+    return int((table[cols].fillna(0).to_numpy().sum(axis=1) > 0).sum()) if cols else 0
+
+
+# ---------------------------------------------------------------- temporal operator
+
+
+def _butterworth_sos(tr: float, high_pass, low_pass):
+    """Second-order sections of nilearn's Butterworth filter (None: no filtering).
+
+    Cut-offs at or above Nyquist are lowered just below it and negative ones raised to
+    ~0, as ``nilearn.signal._check_wn`` does.
+    """
+    from scipy import signal as sp_signal
+
+    if high_pass is None and low_pass is None:
+        return None
+    fs = 1.0 / tr
+    nyq = fs / 2.0
+    eps = np.finfo(np.float32).eps
+
+    def check(freq):
+        if freq >= nyq:
+            return nyq - nyq * 10 * eps
+        return nyq * eps if freq < 0 else freq
+
+    freqs = [check(f) for f in (high_pass, low_pass) if f is not None]
+    if len(freqs) == 2:
+        if freqs[0] == freqs[1]:
+            return None
+        btype, wn = "band", freqs
+    else:
+        btype, wn = ("high" if high_pass is not None else "low"), freqs[0]
+    return sp_signal.butter(N=BUTTERWORTH_ORDER, Wn=wn, btype=btype, output="sos", fs=fs)
+
+
+def _filter_edge(sos) -> int:
+    """Padding length scipy's ``sosfiltfilt`` uses; a series must be longer than it."""
+    ntaps = 2 * sos.shape[0] + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum())
+    return 3 * int(ntaps)
+
+
+def _detrend(x: np.ndarray) -> np.ndarray:
+    """Remove mean and linear trend per column (``nilearn.signal._detrend``)."""
+    x = x - x.mean(axis=0)
+    ramp = np.arange(x.shape[0], dtype=float)
+    ramp -= ramp.mean()
+    norm = np.sqrt((ramp**2).sum())
+    if norm > np.finfo(np.float64).eps:
+        ramp /= norm
+    return x - np.outer(ramp, ramp @ x)
+
+
+def cleaning_operator(
+    n_volumes: int,
+    sample_mask: np.ndarray,
+    confounds: np.ndarray | None,
+    tr: float,
+    detrend: bool = True,
+    high_pass=None,
+    low_pass=None,
+    standardize_confounds: bool = True,
+) -> np.ndarray:
+    """Matrix ``M`` such that ``M @ signals`` is ``nilearn.signal.clean(signals, ...)``.
+
+    Applies nilearn 0.13's cleaning (``filter="butterworth"``, ``extrapolate=False``,
+    ``standardize=None``) to the identity matrix; see the module docstring for the order of
+    the steps and the one deliberate difference (interpolation of every censored volume).
+
+    Parameters
+    ----------
+    n_volumes : int
+        Length of the run.
+    sample_mask : numpy.ndarray
+        Sorted indices of the kept volumes.
+    confounds : numpy.ndarray or None
+        (n_volumes, n_regressors).
+    tr, detrend, high_pass, low_pass, standardize_confounds
+        As in ``nilearn.signal.clean``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_kept, n_volumes), float64
+
+    Raises
+    ------
+    _Unprocessable
+        No volume kept, fewer volumes than the filter needs, or no degrees of freedom left.
+    """
+    from scipy import linalg
+    from scipy.interpolate import CubicSpline
+    from scipy.signal import sosfiltfilt
+
+    sample_mask = np.asarray(sample_mask, dtype=int)
+    if sample_mask.size == 0:
+        raise _Unprocessable(f"all {n_volumes} volumes censored")
+    signals = np.eye(n_volumes)
+    conf = None if confounds is None else np.asarray(confounds, dtype=float)
+    sos = _butterworth_sos(tr, high_pass, low_pass)
+    if sos is None:
+        signals = signals[sample_mask]
+        conf = None if conf is None else conf[sample_mask]
+        keep_after = None
+    else:
+        first, last = sample_mask[0], sample_mask[-1] + 1
+        edge = _filter_edge(sos)
+        if last - first <= edge:
+            raise _Unprocessable(
+                f"only {last - first} volumes from the first to the last kept volume; the "
+                f"Butterworth filter needs more than {edge}"
+            )
+        kept = np.zeros(n_volumes, dtype=bool)
+        kept[sample_mask] = True
+        gaps = ~kept[first:last]
+        times = np.arange(n_volumes) * tr
+
+        def interpolate(x):
+            x = x[first:last].copy()
+            if gaps.any():
+                x[gaps] = CubicSpline(times[kept], x[kept[first:last]])(times[first:last][gaps])
+            return x
+
+        signals = interpolate(signals)
+        conf = None if conf is None else interpolate(conf)
+        keep_after = sample_mask - first
+    if detrend:
+        signals = _detrend(signals)
+        conf = None if conf is None else _detrend(conf)
+    if sos is not None:
+        signals = sosfiltfilt(sos, signals, axis=0)[keep_after]
+        conf = None if conf is None else sosfiltfilt(sos, conf, axis=0)[keep_after]
+    if conf is not None:
+        if standardize_confounds:
+            conf = conf - conf.mean(axis=0)
+            std = conf.std(axis=0)
+            std[std < np.finfo(np.float64).eps] = 1.0
+            conf = conf / std
+        else:
+            scale = np.abs(conf).max(axis=0)
+            scale[scale == 0] = 1.0
+            conf = conf / scale
+        q, r, _ = linalg.qr(conf, mode="economic", pivoting=True)
+        q = q[:, np.abs(np.diag(r)) > np.finfo(np.float64).eps * 100.0]
+        if signals.shape[0] - q.shape[1] < 2:
+            raise _Unprocessable(
+                f"{signals.shape[0]} kept volumes leave no degrees of freedom after "
+                f"{q.shape[1]} confound regressors"
+            )
+        signals = signals - q @ (q.T @ signals)
+    return signals
+
+
+def _apply_operator(operator: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """``operator @ data`` in float64 voxel blocks, returned as float32.
+
+    float64 matters: with many, partly collinear confounds (e.g. fMRIPrep's cosines after a
+    band-pass) a float32 product is off by ~2e-4 in standardised units.
+    """
+    out = np.empty((operator.shape[0], data.shape[1]), dtype=np.float32)
+    for v0 in range(0, data.shape[1], _VOXEL_BLOCK):
+        block = data[:, v0 : v0 + _VOXEL_BLOCK].astype(np.float64)
+        out[:, v0 : v0 + _VOXEL_BLOCK] = operator @ block
+    return out
+
+
+# ----------------------------------------------------------------------- images
+
+
+def _bold_path(run, opts) -> Path:
+    if opts["strategy"] != "ica_aroma":
+        return Path(run.bold)
+    path = Path(run.bold).with_name(run.bold.name.replace("_desc-preproc_bold", "_desc-smoothAROMAnonaggr_bold"))
+    if not path.is_file():
+        raise MsnetInputError(
+            f"denoise.strategy 'ica_aroma' needs fMRIPrep's ICA-AROMA output {path} "
+            "(fMRIPrep --use-aroma, versions < 24.0); it is missing. Choose another strategy."
+        )
+    return path
+
+
+def _bold_image(path: Path):
+    """Open a BOLD lazily (header only) and check it is a 4-D NIfTI time series."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise MsnetInputError(f"Cannot read {path} as NIfTI: {exc}") from exc
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise MsnetInputError(f"{path}: expected a NIfTI image, got {type(img).__name__}.")
+    shape = img.shape
+    if len(shape) != 4 or shape[3] < 2:
+        raise MsnetInputError(
+            f"{path} has shape {shape}: a BOLD run must be a 4-D time series with at least two volumes."
+        )
+    return img
+
+
+def _load_mask(path: Path, shape, affine, bold: Path) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise MsnetInputError(f"Cannot read brain mask {path}: {exc}") from exc
+    if img.shape[:3] != tuple(shape) or len(img.shape) > 3 and img.shape[3] != 1:
+        raise MsnetInputError(
+            f"Brain mask {path} (shape {img.shape}) and BOLD {bold} (shape {tuple(shape)}) are on "
+            "different grids; use the mask fMRIPrep wrote for this BOLD and space."
+        )
+    if not np.allclose(img.affine, affine, atol=1e-3):
+        raise MsnetInputError(
+            f"Brain mask {path} and BOLD {bold} have different affines (different grids); "
+            "use the mask fMRIPrep wrote for this BOLD and space."
+        )
+    mask = np.asarray(img.dataobj).reshape(shape) > 0
+    if not mask.any():
+        raise MsnetInputError(f"Brain mask {path} is empty.")
+    return mask
+
+
+def _load_lesion(lesion_mask, mask_img) -> np.ndarray | None:
+    """Lesion mask (path or image) as a 3-D bool array on the brain-mask grid."""
+    import nibabel as nib
+
+    if lesion_mask is None:
+        return None
+    name = lesion_mask if isinstance(lesion_mask, (str, Path)) else "the lesion mask image"
+    try:
+        img = nib.load(lesion_mask) if isinstance(lesion_mask, (str, Path)) else lesion_mask
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise MsnetInputError(f"Cannot read lesion mask {name}: {exc}") from exc
+    if (img.shape[:3] != mask_img.shape or np.prod(img.shape[3:], dtype=int) != 1
+            or not np.allclose(img.affine, mask_img.affine, atol=1e-3)):
+        raise MsnetInputError(
+            f"Lesion mask {name} (shape {img.shape}) is not on the BOLD grid "
+            f"(shape {mask_img.shape}); resample it to the fMRIPrep output space with nearest-neighbour "
+            "interpolation (e.g. antsApplyTransforms -n NearestNeighbor)."
+        )
+    return np.asarray(img.dataobj).reshape(mask_img.shape) > 0
+
+
+def _smoothing_sigmas(affine, fwhm) -> np.ndarray:
+    """Per-axis Gaussian sigma in voxels (``nilearn.image.smooth_array``)."""
+    vox = np.sqrt(np.sum(affine[:3, :3] ** 2, axis=0))
+    return np.asarray(fwhm, float) / (np.sqrt(8 * np.log(2)) * vox)
+
+
+def _open_stream(path: Path, offset: int, block_size: int):
+    """Open a NIfTI positioned at its data.
+
+    ``.gz`` files are decompressed by isal (1.6-2.7x faster than zlib) in a background
+    thread that keeps up to two ``block_size`` blocks ahead, overlapping decompression with
+    the smoothing of the previous chunk.
+    """
+    if path.name.endswith(".gz"):
+        from isal import igzip_threaded
+
+        stream = igzip_threaded.open(path, "rb", threads=1, block_size=block_size)
+        skipped = len(stream.read(offset))
+        if skipped != offset:
+            stream.close()
+            raise MsnetInputError(f"{path} ends inside its header (truncated file): re-copy it.")
+        return stream
+    stream = open(path, "rb")
+    stream.seek(offset)
+    return stream
+
+
+def _read_exact(stream, buffer: np.ndarray, path: Path) -> None:
+    view = memoryview(buffer).cast("B")
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])
+        if not n:
+            raise MsnetInputError(f"{path} ends early (truncated file): re-copy it.")
+        got += n
+
+
+@dataclass
+class _RunData:
+    smoothed: np.ndarray  # (T, n_analysis) float32, voxels in the mask's C order
+    tsnr_sums: tuple  # float64 sum and sum of squares over post-dummy volumes, tSNR voxels
+    raw_brain: np.ndarray | None  # (T, n_brain) float32 when DVARS must be computed
+
+
+def _flat_index(mask: np.ndarray, c_order: bool = True) -> np.ndarray:
+    """Positions of the mask's voxels in the volume flattened x-fastest (NIfTI's on-disk
+    order), listed in the mask's C order (msnet's voxel order, x slowest) or, with
+    ``c_order=False``, in on-disk order (sorted: a faster gather, for order-free uses)."""
+    if not c_order:
+        return np.flatnonzero(mask.ravel(order="F"))
+    i, j, k = np.nonzero(mask)
+    nx, ny, _ = mask.shape
+    return (k * ny + j) * nx + i
+
+
+class _Smoother:
+    """nilearn's ``smooth_array`` restricted to the mask's bounding box plus kernel radius.
+
+    ``gaussian_filter1d`` (truncate 4) only reaches ``int(4 sigma + 0.5)`` voxels, so the
+    smoothed values at the mask's voxels are those of smoothing the whole volume. Integer
+    data are converted to float32 by the first (x) pass and scaled afterwards (smoothing
+    keeps constants), saving a copy of the box.
+    """
+
+    def __init__(self, mask: np.ndarray, affine, fwhm: float):
+        self.sigmas = _smoothing_sigmas(affine, fwhm)
+        radius = [int(4.0 * s + 0.5) if s > 0 else 0 for s in self.sigmas]
+        ijk = np.nonzero(mask)
+        lo = [max(0, int(i.min()) - r) for i, r in zip(ijk, radius)]
+        hi = [min(n, int(i.max()) + r + 1) for i, n, r in zip(ijk, mask.shape, radius)]
+        self.box = (slice(None), slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+        self.index = _flat_index(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+
+    def __call__(self, volumes: np.ndarray, scale) -> np.ndarray:
+        """Smooth (k, z, y, x) volumes; return the mask's voxels, (k, n_mask) float32."""
+        from scipy.ndimage import gaussian_filter1d
+
+        passes = [(axis, sigma) for axis, sigma in zip((3, 2, 1), self.sigmas) if sigma > 0]  # x, y, z
+        if volumes.dtype.kind == "f":
+            box = _to_float32(volumes[self.box], *scale)
+            np.nan_to_num(box, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # as nilearn
+        else:
+            view = volumes[self.box]
+            box = np.empty(view.shape, dtype=np.float32)
+            axis, sigma = passes.pop(0)
+            gaussian_filter1d(view, sigma, axis=axis, output=box)
+        for axis, sigma in passes:
+            gaussian_filter1d(box, sigma, axis=axis, output=box)
+        out = np.take(box.reshape(box.shape[0], -1), self.index, axis=1)
+        return out if volumes.dtype.kind == "f" else _scale(out, *scale)
+
+
+def _to_float32(values: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    return _scale(values.astype(np.float32), slope, inter)
+
+
+def _scale(values: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """Apply NIfTI scl_slope/scl_inter in place (float32)."""
+    if slope != 1.0 or inter != 0.0:
+        values *= np.float32(slope)
+        values += np.float32(inter)
+    return values
+
+
+def _read_bold(path: Path, img, run_mask: np.ndarray, tsnr_mask: np.ndarray, analysis: np.ndarray,
+               fwhm, n_dummy: int, keep_raw: bool) -> _RunData:
+    """Stream a BOLD once: raw brain voxels for tSNR/DVARS, smoothed analysis voxels.
+
+    The file is read volume chunk by volume chunk (NIfTI stores each volume contiguously,
+    x fastest), so the 4-D image is never held in memory, in any precision. Raw values
+    (tSNR, DVARS: voxel order does not matter) are gathered in on-disk order.
+    """
+    nx, ny, nz, n_vol = img.shape
+    proxy = img.dataobj
+    scale = (float(proxy.slope), float(proxy.inter))
+    brain_idx = _flat_index(run_mask, c_order=False)
+    tsnr_cols = tsnr_mask.ravel(order="F")[run_mask.ravel(order="F")]
+    tsnr_cols = slice(None) if tsnr_cols.all() else tsnr_cols
+    ana_idx = _flat_index(analysis)
+    smoother = _Smoother(analysis, img.affine, fwhm) if fwhm else None
+    chunk = max(1, min(n_vol, _CHUNK_BYTES // (nx * ny * nz * 4)))
+    buffer = np.empty((chunk, nz, ny, nx), dtype=proxy.dtype)
+    smoothed = np.empty((n_vol, ana_idx.size), dtype=np.float32)
+    raw_brain = np.empty((n_vol, brain_idx.size), np.float32) if keep_raw else None
+    tsnr = _TsnrSums(int(tsnr_mask.sum()))
+    with _open_stream(path, int(proxy.offset), block_size=chunk * buffer[0].nbytes) as stream:
+        for t0 in range(0, n_vol, chunk):
+            k = min(chunk, n_vol - t0)
+            block = buffer[:k]
+            _read_exact(stream, block, path)
+            flat = block.reshape(k, -1)
+            raw = _to_float32(flat[:, brain_idx], *scale)
+            if not np.isfinite(raw).all():
+                bad = t0 + int(np.nonzero(~np.isfinite(raw).all(axis=1))[0][0])
+                raise MsnetInputError(
+                    f"{path} holds NaN/inf inside the brain mask (volume {bad}); such data cannot be "
+                    "cleaned. Check the fMRIPrep run (or remove those voxels from the brain mask)."
+                )
+            if raw_brain is not None:
+                raw_brain[t0 : t0 + k] = raw
+            tsnr.add(raw[max(0, n_dummy - t0):, tsnr_cols])
+            smoothed[t0 : t0 + k] = (smoother(block, scale) if smoother
+                                     else _to_float32(np.take(flat, ana_idx, axis=1), *scale))
+    return _RunData(smoothed, (tsnr.total, tsnr.total_sq), raw_brain)
+
+
+class _TsnrSums:
+    """Float64 sums of x and x^2 per voxel, accumulated from float32 chunks.
+
+    Each chunk is centred on the first volume seen before squaring, so float32 keeps the
+    precision of the fluctuations; the sums are converted back to raw sums in float64.
+    """
+
+    def __init__(self, n_voxels: int):
+        self.total = np.zeros(n_voxels)
+        self.total_sq = np.zeros(n_voxels)
+        self.ref = None
+
+    def add(self, values: np.ndarray) -> None:
+        if not values.shape[0]:
+            return
+        if self.ref is None:
+            self.ref = values[0].astype(np.float64)
+        dev = values - self.ref.astype(np.float32)
+        s1 = dev.sum(axis=0, dtype=np.float64)
+        s2 = np.einsum("tv,tv->v", dev, dev).astype(np.float64)
+        n = values.shape[0]
+        self.total += n * self.ref + s1
+        self.total_sq += s2 + 2.0 * self.ref * s1 + n * self.ref**2
+
+
+# ------------------------------------------------------------------------ subject
+
+
+def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mask=None,
+                  progress=None) -> CleanedBold:
+    """Denoise one subject's BOLD run(s) and compute its QC.
+
+    Each BOLD file is decompressed once; raw in-mask values feed tSNR (and DVARS when the
+    confounds table lacks it), smoothed in-mask values feed the cleaning.
+
+    Parameters
+    ----------
+    files : SubjectFiles
+        From :func:`msnet.io.fmriprep.find_subject_files`.
+    options : dict, optional
+        Denoise options, see :data:`DEFAULT_OPTIONS` / :func:`resolve_options`. With
+        ``multi_run: concatenate`` each run is cleaned separately and the results stacked.
+    qc_options : dict, optional
+        See :data:`msnet.qc.DEFAULT_QC_OPTIONS`.
+    lesion_mask : str, Path or nibabel image, optional
+        Lesion mask on the BOLD grid; its voxels are removed from the analysis mask.
+    progress : callable, optional
+        Called with a short message at each step (e.g. ``logger.info``).
+
+    Returns
+    -------
+    CleanedBold
+        ``qc`` holds ``participant_id``, ``include``, ``exclusion_reason``, ``mean_fd``,
+        ``max_fd``, ``n_volumes``, ``n_dummy``, ``n_kept``, ``pct_censored``,
+        ``minutes_kept``, ``mean_dvars``, ``mean_std_dvars``, ``tsnr_median``,
+        ``fd_source``, ``dvars_source``, ``tr``, ``n_voxels``, ``lesion_voxels``,
+        ``lesion_overlap``, ``n_runs``, ``runs`` (per-run details), ``confounds``
+        (regressor names), ``denoise`` (options used) and ``qc_thresholds``. A subject
+        whose data cannot be cleaned (every volume censored, a run too short for the
+        filter) gets ``data=None`` and ``include=False`` with the reason; one failing the
+        QC thresholds keeps its data with ``include=False``.
+
+    Raises
+    ------
+    MsnetInputError
+        Invalid input: 3-D image, mask/BOLD or lesion/BOLD on different grids, confounds
+        rows != volumes, NaN inside the mask, confounds missing what the strategy needs.
+    """
+    opts = resolve_options(options)
+    qopts = qcmod.resolve_qc_options(qc_options)
+    say = progress or (lambda message: None)
+    runs = files.runs[:1] if opts["multi_run"] == "first" else files.runs
+    bolds = [_bold_path(run, opts) for run in runs]
+    images = [_bold_image(path) for path in bolds]
+    grid = _subject_grid(files.participant_id, runs, bolds, images, lesion_mask)
+    tables = [read_confounds(run.confounds, n_volumes=img.shape[3]) for run, img in zip(runs, images)]
+    results, offset = [], 0
+    for run, path, img, (table, meta), run_mask in zip(runs, bolds, images, tables, grid.run_masks):
+        results.append(_clean_run(run, path, img, table, meta, run_mask, grid.brain, grid.analysis, opts,
+                                  files.tr, say))
+        results[-1].sample_mask += offset
+        offset += img.shape[3]
+    qc = _subject_qc(files, results, grid, opts, qopts)
+    cleaned = [r.cleaned for r in results if r.cleaned is not None]
+    say(f"done: include={qc['include']}" + (f" ({qc['exclusion_reason']})" if qc["exclusion_reason"] else ""))
+    return CleanedBold(
+        data=(cleaned[0] if len(cleaned) == 1 else np.concatenate(cleaned)) if cleaned else None,
+        mask_img=grid.image(grid.analysis),
+        tr=float(files.tr),
+        sample_mask=np.concatenate([r.sample_mask for r in results if r.cleaned is not None] or [np.zeros(0, int)]),
+        qc=qc,
+        lesion_mask=None if grid.lesion is None else grid.lesion[grid.brain],
+    )
+
+
+@dataclass
+class _Grid:
+    affine: np.ndarray
+    run_masks: list  # brain mask of each run (3-D bool)
+    brain: np.ndarray  # their intersection
+    lesion: np.ndarray | None
+    analysis: np.ndarray  # brain minus lesion
+
+    def image(self, mask: np.ndarray):
+        import nibabel as nib
+
+        return nib.Nifti1Image(mask.astype(np.uint8), self.affine)
+
+
+def _subject_grid(participant_id, runs, bolds, images, lesion_mask) -> _Grid:
+    """Check the runs share one grid; build brain, lesion and analysis masks."""
+    affine, shape = images[0].affine, images[0].shape[:3]
+    for img, path in zip(images[1:], bolds[1:]):
+        if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-3):
+            raise MsnetInputError(f"{path} is not on the grid of {bolds[0]}: runs cannot be concatenated.")
+    run_masks = [_load_mask(run.mask, shape, affine, path) for run, path in zip(runs, bolds)]
+    brain = np.logical_and.reduce(run_masks)
+    grid = _Grid(affine, run_masks, brain, None, brain)
+    grid.lesion = _load_lesion(lesion_mask, grid.image(brain))
+    if grid.lesion is not None:
+        grid.analysis = brain & ~grid.lesion
+    if not grid.analysis.any():
+        raise MsnetInputError(f"{participant_id}: the lesion mask covers the whole brain mask.")
+    return grid
+
+
+@dataclass
+class _RunResult:
+    info: dict  # per-run QC entry
+    cleaned: np.ndarray | None
+    sample_mask: np.ndarray
+    confounds: list
+    series: dict  # post-dummy framewise_displacement, dvars, std_dvars
+    tsnr_sums: tuple
+    sources: dict
+
+
+_SERIES = ("framewise_displacement", "dvars", "std_dvars")
+
+
+def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr, say) -> _RunResult:
+    """Read, (complete the confounds of) and clean one run; unprocessable -> cleaned=None."""
+    n_vol = img.shape[3]
+    sources = {"fd_source": "confounds", "dvars_source": "confounds"}
+    if "framewise_displacement" not in table:
+        table["framewise_displacement"] = _fd_from_table(table, run.confounds)
+        sources["fd_source"] = "nipype"
+    need_dvars = not {"dvars", "std_dvars"} <= set(table.columns)
+    n_dummy = _dummy_count(table)
+    say(f"reading {path.name}")
+    data = _read_bold(path, img, run_mask, brain, analysis, opts["smoothing_fwhm"], n_dummy, need_dvars)
+    if need_dvars:
+        table["dvars"], table["std_dvars"] = qcmod.dvars(data.raw_brain)
+        sources["dvars_source"] = "msnet port of nipype ComputeDVARS"
+    confounds, names, sample_mask = select_confounds(table, meta, opts, run.confounds)
+    series = {c: table[c].to_numpy()[n_dummy:] for c in _SERIES}
+    info = {"bold": str(path), "n_volumes": n_vol, "n_dummy": n_dummy, "n_confounds": len(names),
+            "n_kept": int(sample_mask.size), "excluded_reason": None,
+            **qcmod.motion_metrics(*series.values(), 0)}
+    say(f"cleaning {path.name}: {len(names)} confounds, {sample_mask.size}/{n_vol} volumes kept")
+    try:
+        operator = cleaning_operator(n_vol, sample_mask, confounds, tr, opts["detrend"], opts["high_pass"],
+                                     opts["low_pass"], opts["standardize_confounds"])
+        cleaned = _apply_operator(operator, data.smoothed)
+    except _Unprocessable as exc:
+        cleaned = None
+        info.update(n_kept=0, excluded_reason=str(exc))
+    return _RunResult(info, cleaned, sample_mask, names, series, data.tsnr_sums, sources)
+
+
+def _subject_qc(files, results, grid, opts, qopts) -> dict:
+    """Pool the runs' QC into the subject's qc.json content, with the inclusion decision."""
+    infos = [r.info for r in results]
+    pooled = [np.concatenate([r.series[c] for r in results]) for c in _SERIES]
+    qc = qcmod.motion_metrics(*pooled, 0)
+    qc.update(qcmod.censoring_metrics(sum(i["n_volumes"] for i in infos), sum(i["n_dummy"] for i in infos),
+                                      sum(i["n_kept"] for i in infos), files.tr))
+    n_post = sum(i["n_volumes"] - i["n_dummy"] for i in infos)
+    total, total_sq = (sum(r.tsnr_sums[k] for r in results) for k in (0, 1))
+    lesion = None if grid.lesion is None else grid.lesion[grid.brain]
+    qc.update(
+        participant_id=files.participant_id,
+        tsnr_median=float(np.median(qcmod.temporal_snr(total, total_sq, n_post))) if n_post else None,
+        fd_source="nipype" if any(r.sources["fd_source"] == "nipype" for r in results) else "confounds",
+        dvars_source=next((r.sources["dvars_source"] for r in results if r.sources["dvars_source"] != "confounds"),
+                          "confounds"),
+        tr=float(files.tr),
+        n_voxels=int(grid.analysis.sum()),
+        lesion_voxels=None if lesion is None else int(lesion.sum()),
+        lesion_overlap=_lesion_overlap(lesion, grid.image(grid.brain), qopts),
+        n_runs=len(results),
+        runs=infos,
+        confounds=results[0].confounds,
+        denoise=opts,
+        qc_thresholds=qopts,
+    )
+    if all(r.cleaned is None for r in results):
+        reasons = "; ".join(f"{Path(i['bold']).name}: {i['excluded_reason']}" for i in infos)
+        qc.update(include=False, exclusion_reason=f"data cannot be processed ({reasons})")
+    else:
+        qc["include"], qc["exclusion_reason"] = qcmod.decide_inclusion(qc, qopts)
+    return qc
+
+
+def _fd_from_table(table, source: Path) -> np.ndarray:
+    missing = [c for c in MOTION_COLUMNS if c not in table]
+    if missing:
+        raise MsnetInputError(
+            f"Confounds table {source} has no framewise_displacement column and lacks {missing} "
+            "to compute it; provide fMRIPrep's full confounds table."
+        )
+    return qcmod.framewise_displacement(table[list(MOTION_COLUMNS)].to_numpy())
+
+
+def _lesion_overlap(brain_lesion, mask_img, qopts) -> dict:
+    if brain_lesion is None:
+        return {net: None for net in ANALYSIS_NETWORKS}
+    return qcmod.lesion_overlap(brain_lesion, mask_img, qopts["lesion_template_threshold"])
