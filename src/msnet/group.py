@@ -47,6 +47,7 @@ LOG = logging.getLogger(__name__)
 GROUP_DEFAULTS = {
     "covariates": ["age", "sex", "mean_fd"],
     "min_per_group": 2,
+    "min_residual_df": 10,
     "mask_template_threshold": 0.2,
     "mask_t_threshold": 5.0,
     **st.INFERENCE_DEFAULTS,
@@ -422,7 +423,7 @@ def _covariate_columns(design: st.Design) -> dict:
 
 
 def study_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int = 2,
-                        level: float = 0.95, study_id=NA):
+                        level: float = 0.95, study_id=NA, min_residual_df: int = 0):
     """Per-study MS-vs-HC OLS for every network metric.
 
     ``metric ~ group + covariates`` (OLS, covariates centred). Hedges' g is computed from the
@@ -440,6 +441,9 @@ def study_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int =
     level : float
         Confidence level of the CIs.
     study_id : str
+    min_residual_df : int
+        Covariates that would leave fewer residual degrees of freedom are not adjusted for
+        (recorded; see :func:`msnet.stats.build_design`).
 
     Returns
     -------
@@ -455,7 +459,8 @@ def study_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int =
     rows, records = [], []
     for m in analysis_metrics().itertuples():
         data, rec = metric_sample(subjects, m.metric, f"metric:{m.metric}")
-        design = st.build_design(data, ["group_ms"], covariates)
+        design = st.build_design(data, ["group_ms"], covariates,
+                                 min_residual_df=min_residual_df)
         rec += design_records(design, data, f"metric:{m.metric}", study_id)
         n_ms, n_hc = _group_counts(design)
         row = {"study_id": study_id, "metric": m.metric, "network_a": m.network_a,
@@ -691,12 +696,13 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
                                       maps)
     included = subjects[subjects["include"]]
     table, rec = study_group_effects(included, opts["covariates"], opts["min_per_group"],
-                                     level, study_id)
+                                     level, study_id, opts["min_residual_df"])
     records += rec
     written = []
     for net, mask_img in load_network_masks(network_masks, maps).items():
         data, Y, rec = map_sample(included, net, mask_img)
-        design = st.build_design(data, ["group_ms"], opts["covariates"])
+        design = st.build_design(data, ["group_ms"], opts["covariates"],
+                                 min_residual_df=opts["min_residual_df"])
         rec += design_records(design, data, f"map:{net}", study_id)
         reason = _too_small(*_group_counts(design), design, opts["min_per_group"])
         if reason:

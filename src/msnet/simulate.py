@@ -66,12 +66,13 @@ SPACE = "MNI152NLin2009cAsym"
 
 SIM_DEFAULTS = {
     "scale": 0.05,
+    "n_studies": 25,
     "min_per_group": 3,
     "resolution_mm": 4,
     "n_volumes": 140,
     "tr": 2.0,
     "n_dummy": 2,
-    "effect_size": 0.25,
+    "effect_size": 0.5,
     "effect_tau": 0.08,
     "clinical_slope": 0.0,
     "clinical_variable": "edss",
@@ -89,6 +90,7 @@ SIM_DEFAULTS = {
 
 SIM_RANGES = {
     "scale": (1e-3, 4.0),
+    "n_studies": (1, 25),
     "min_per_group": (2, 1000),
     "resolution_mm": (2, 8),
     "n_volumes": (30, 2000),
@@ -215,7 +217,12 @@ def group_sizes(sim: dict) -> list[tuple[int, int]]:
     def scaled(n):
         return max(cfg["min_per_group"], int(np.floor(n * cfg["scale"] + 0.5)))
 
-    return [(scaled(n_ms), scaled(n_hc)) for n_ms, n_hc in STUDY_SIZES]
+    return [(scaled(n_ms), scaled(n_hc)) for n_ms, n_hc in STUDY_SIZES[: cfg["n_studies"]]]
+
+
+def study_ids(sim: dict) -> tuple[str, ...]:
+    """Return the simulated study ids (the first ``n_studies`` of :data:`STUDY_IDS`)."""
+    return STUDY_IDS[: sim_config(sim)["n_studies"]]
 
 
 def _study_offsets(rng: np.random.Generator, n: int = 1):
@@ -359,7 +366,7 @@ def plan_effects(sim: dict, seed: int) -> pd.DataFrame:
     cfg = sim_config(sim)
     findings = atlas.published_findings()
     rows = []
-    for i, study in enumerate(STUDY_IDS):
+    for i, study in enumerate(study_ids(cfg)):
         delta = _rng(seed, _STREAM_EFFECT, i).normal(
             cfg["effect_size"], cfg["effect_tau"], len(findings)
         )
@@ -1157,14 +1164,15 @@ def write_dataset_index(sim: dict, seed: int, out_dir) -> None:
     cfg = sim_config(sim)
     out_dir = Path(out_dir)
     sizes = group_sizes(cfg)
+    ids = study_ids(cfg)
     studies = pd.DataFrame(
         {
-            "study_id": STUDY_IDS,
-            "fmriprep_dir": [f"study-{s}" for s in STUDY_IDS],
-            "participants_tsv": [f"study-{s}/participants.tsv" for s in STUDY_IDS],
+            "study_id": ids,
+            "fmriprep_dir": [f"study-{s}" for s in ids],
+            "participants_tsv": [f"study-{s}/participants.tsv" for s in ids],
             "task": TASK,
             "space": SPACE,
-            "site": [f"site{i + 1:02d}" for i in range(len(STUDY_IDS))],
+            "site": [f"site{i + 1:02d}" for i in range(len(ids))],
         }
     )
     write_tsv(studies, out_dir / "studies.tsv")
@@ -1175,7 +1183,7 @@ def write_dataset_index(sim: dict, seed: int, out_dir) -> None:
         "space": SPACE,
         "studies": [
             {"study_id": s, "site": site, "n_ms": n_ms, "n_hc": n_hc}
-            for s, site, (n_ms, n_hc) in zip(STUDY_IDS, studies["site"], sizes)
+            for s, site, (n_ms, n_hc) in zip(ids, studies["site"], sizes)
         ],
         "findings": _findings_truth(cfg, seed),
         "clinical": _clinical_truth(cfg),

@@ -147,7 +147,8 @@ def _covariate_block(data: pd.DataFrame, name: str) -> pd.DataFrame | None:
     return block
 
 
-def build_design(data: pd.DataFrame, terms, covariates=(), study_col: str | None = None) -> Design:
+def build_design(data: pd.DataFrame, terms, covariates=(), study_col: str | None = None,
+                 min_residual_df: int = 0) -> Design:
     """Build an OLS/mixed-model design with the covariate policy used everywhere in msnet.
 
     Policy, applied per study (the whole table is one study when ``study_col`` is None):
@@ -161,7 +162,11 @@ def build_design(data: pd.DataFrame, terms, covariates=(), study_col: str | None
        adjusted for (with study intercepts this adjusts for the covariate within the studies
        that have it; in a single study it simply drops it);
     5. a covariate that adds no rank to the design (collinear with the terms, e.g. sex when
-       it coincides with group) is dropped.
+       it coincides with group) is dropped;
+    6. a covariate that would leave fewer than ``min_residual_df`` residual degrees of freedom
+       is dropped (covariates are tried in the order given), so a tiny study still gives an
+       (unadjusted) effect size instead of none: with n = 6 and three covariates, the
+       adjusted t would rest on 1 degree of freedom.
 
     Every drop is recorded in :attr:`Design.notes`. Categorical covariates (e.g. ``sex`` with
     ``M``/``F``) get treatment coding with the alphabetically first level as reference
@@ -177,6 +182,8 @@ def build_design(data: pd.DataFrame, terms, covariates=(), study_col: str | None
         Adjustment covariates (may be absent from ``data``).
     study_col : str, optional
         Column with the study of each row (pooled analyses).
+    min_residual_df : int
+        Minimum residual degrees of freedom a covariate may leave (rule 6); 0 disables it.
 
     Returns
     -------
@@ -219,6 +226,10 @@ def build_design(data: pd.DataFrame, terms, covariates=(), study_col: str | None
         trial = np.column_stack([base, centred.to_numpy()])
         if np.linalg.matrix_rank(trial) < trial.shape[1]:
             notes[cov] = "collinear with the other terms"
+            continue
+        if trial.shape[0] - trial.shape[1] < min_residual_df:
+            notes[cov] = (f"would leave {trial.shape[0] - trial.shape[1]} residual degrees of "
+                          f"freedom < min_residual_df {min_residual_df}")
             continue
         if unadjusted:
             notes[cov] = f"not adjusted in study {', '.join(unadjusted)} (missing or constant)"
