@@ -54,6 +54,7 @@ DEFAULT_OPTIONS = {
     "roi_max_fallback_mm": 10.0,
     "template_sigma_mm": atlas.TEMPLATE_SIGMA_MM,
     "max_vif": 10.0,
+    "stage2_units": "psc",
 }
 """Defaults of the ``connectivity`` config section (see :func:`validate_options`)."""
 
@@ -77,7 +78,8 @@ def validate_options(options: dict | None) -> dict:
         Keys (all optional): ``seed_maps`` (bool), ``seed_radius_mm`` (float > 0),
         ``roi_radius_mm`` (float > 0 or None = the atlas radius, 5 mm; 4 mm for a few
         subcortical ROIs), ``roi_max_fallback_mm`` (float > 0 or None = no limit),
-        ``template_sigma_mm`` (float > 0), ``max_vif`` (float >= 1 or None = never exclude).
+        ``template_sigma_mm`` (float > 0), ``max_vif`` (float >= 1 or None = never exclude),
+        ``stage2_units`` (``psc`` or ``standardized``, see :func:`dual_regression`).
 
     Returns
     -------
@@ -96,6 +98,10 @@ def validate_options(options: dict | None) -> dict:
             f"connectivity options: unknown key(s) {unknown}. Allowed: {sorted(DEFAULT_OPTIONS)}."
         )
     merged = {**DEFAULT_OPTIONS, **options}
+    if merged["stage2_units"] not in ("psc", "standardized"):
+        raise MsnetInputError(
+            f"connectivity.stage2_units = {merged['stage2_units']!r} must be psc or standardized."
+        )
     if not isinstance(merged["seed_maps"], bool):
         raise MsnetInputError(
             f"connectivity.seed_maps = {merged['seed_maps']!r} must be true or false."
@@ -170,7 +176,7 @@ def flat_voxels(data) -> np.ndarray:
     return flat
 
 
-def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS)):
+def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS), voxel_mean=None):
     """Dual regression of a subject's cleaned BOLD on network templates.
 
     Stage 1 (spatial): every volume is regressed on ALL ``templates`` at once (multiple
@@ -179,11 +185,23 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS)):
     CinguloOpercular, ...) are in the model, their signal is not absorbed into the time
     courses of the analysis networks that overlap them spatially.
 
-    Stage 2 (temporal): every voxel's time series, z-scored over time, is regressed on the
-    z-scored time courses of ALL networks at once; the coefficients of the first
-    ``n_analysis`` networks are returned as maps.
+    Stage 2 (temporal): every voxel's time series is regressed on the z-scored time courses
+    of ALL networks at once; the coefficients of the first ``n_analysis`` networks are
+    returned as maps. The voxel series is either scaled to percent signal change
+    (``voxel_mean`` given, msnet's default ``connectivity.stage2_units: psc``) or z-scored
+    over time (``voxel_mean=None``, ``stage2_units: standardized``).
 
-    **What the maps hold (the ``stat-z`` maps msnet writes).** Partial standardised regression
+    **Percent-signal-change amplitude (default).** With ``voxel_mean`` (the voxel's mean
+    signal before cleaning) the map is the network's amplitude at the voxel in % of the
+    voxel's mean signal per SD of the network time course, with the other networks held
+    fixed. This is FSL's stage 2 (``fsl_glm --demean --des_norm``) on data scaled to % of
+    its mean, so it is free of scanner units, and it is linear in the network's amplitude:
+    a local change of amplitude shows at its true place. The standardised coefficient below
+    saturates where the network signal is strong (it is bounded by 1), so a change at the
+    centre of a strong node peaks on the node's flank; on the msnet simulation that moved
+    group-difference peaks by 8-11 mm and halved the sensitivity to increases.
+
+    **Standardised coefficients (option).** Partial standardised regression
     coefficients: the expected change, in voxel standard deviations, of the voxel's signal per
     standard deviation of the network's time course with all other networks held fixed.
     Unitless; with a single network it would equal the Pearson correlation of the voxel with
@@ -221,6 +239,9 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS)):
         (:func:`msnet.atlas.network_templates`).
     n_analysis : int
         Number of leading templates whose stage-2 maps are returned.
+    voxel_mean : numpy.ndarray, shape (n_voxels,), optional
+        Each voxel's mean signal before cleaning (``CleanedBold.voxel_mean``): stage 2 then
+        works on percent signal change; None: on z-scored series.
 
     Returns
     -------
@@ -228,8 +249,9 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS)):
         Stage-1 coefficients (data units per template unit) with each voxel's temporal mean
         removed first, so every time course has mean 0; not variance-normalised.
     maps : numpy.ndarray, shape (n_analysis, n_voxels), float32
-        Stage-2 partial standardised coefficients. Voxels whose time series is constant
-        (SD <= 1e-6 x |mean|) get 0.
+        Stage-2 maps: % signal change per SD of the network time course (``voxel_mean``
+        given) or partial standardised coefficients. Voxels whose time series is constant
+        (SD <= 1e-6 x |mean|) or whose mean is not positive get 0.
 
     Raises
     ------
@@ -265,7 +287,9 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS)):
     proj = np.linalg.pinv(_zscore_columns(timecourses)[0])[:n_analysis].astype(x_work.dtype)
     maps = np.zeros((n_analysis, n_v), dtype=np.float32)
     for sl, centred, sd, varies in _voxel_blocks(data):
-        maps[:, sl] = np.where(varies, (proj @ centred) / np.where(varies, sd, 1.0), 0.0)
+        scale = sd if voxel_mean is None else np.asarray(voxel_mean, np.float64)[sl] / 100.0
+        varies &= scale > 0
+        maps[:, sl] = np.where(varies, (proj @ centred) / np.where(varies, scale, 1.0), 0.0)
     return timecourses, maps
 
 
@@ -678,7 +702,8 @@ def subject_connectivity(cleaned, options: dict | None = None) -> SubjectConnect
         _, templates = atlas.network_templates(mask_img, opts["template_sigma_mm"])
         logger.info("templates over %d voxels (%.1f s)", templates.shape[1],
                     time.perf_counter() - t0)
-        result = _connectivity(data, mask_img, templates, rois, opts, qc)
+        result = _connectivity(data, mask_img, templates, rois, opts, qc,
+                               getattr(cleaned, "voxel_mean", None))
     result.tr, result.sample_mask = cleaned.tr, getattr(cleaned, "sample_mask", None)
     result.qc["connectivity"] = dict(opts)
     return result
@@ -693,9 +718,13 @@ def _unprocessable_reason(data, n_networks: int) -> str | None:
     return None
 
 
-def _connectivity(data, mask_img, templates, rois, opts, qc) -> SubjectConnectivity:
+def _connectivity(data, mask_img, templates, rois, opts, qc, voxel_mean=None) -> SubjectConnectivity:
     t0 = time.perf_counter()
-    timecourses, maps = dual_regression(data, templates)
+    if opts["stage2_units"] == "psc" and voxel_mean is None:
+        raise MsnetInputError("connectivity.stage2_units is 'psc' but the cleaned data carry no "
+                              "voxel means; use stage2_units: standardized.")
+    timecourses, maps = dual_regression(
+        data, templates, voxel_mean=voxel_mean if opts["stage2_units"] == "psc" else None)
     qc["dr_template_r"] = {
         net: spatial_correlation(maps[k], templates[k]) for k, net in enumerate(ANALYSIS_NETWORKS)
     }

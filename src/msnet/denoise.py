@@ -106,6 +106,9 @@ class CleanedBold:
         JSON-serialisable QC metrics (see :func:`clean_subject`).
     lesion_mask : numpy.ndarray or None
         Boolean over the brain-mask voxels (C order): those removed as lesion.
+    voxel_mean : numpy.ndarray or None
+        (n_voxels,) mean of the smoothed signal over the post-dummy volumes before cleaning
+        (averaged over runs), for scaling to percent signal change; None when unprocessable.
     """
 
     data: np.ndarray | None
@@ -114,6 +117,7 @@ class CleanedBold:
     sample_mask: np.ndarray
     qc: dict
     lesion_mask: np.ndarray | None = None
+    voxel_mean: np.ndarray | None = None
 
 
 class _Unprocessable(Exception):
@@ -733,6 +737,7 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
         offset += img.shape[3]
     qc = _subject_qc(files, results, grid, opts, qopts)
     cleaned = [r.cleaned for r in results if r.cleaned is not None]
+    means = [r.mean for r in results if r.cleaned is not None]
     say(f"done: include={qc['include']}" + (f" ({qc['exclusion_reason']})" if qc["exclusion_reason"] else ""))
     return CleanedBold(
         data=(cleaned[0] if len(cleaned) == 1 else np.concatenate(cleaned)) if cleaned else None,
@@ -741,6 +746,7 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
         sample_mask=np.concatenate([r.sample_mask for r in results if r.cleaned is not None] or [np.zeros(0, int)]),
         qc=qc,
         lesion_mask=None if grid.lesion is None else grid.lesion[grid.brain],
+        voxel_mean=np.mean(means, axis=0) if means else None,
     )
 
 
@@ -784,6 +790,7 @@ class _RunResult:
     series: dict  # post-dummy framewise_displacement, dvars, std_dvars
     tsnr_sums: tuple
     sources: dict
+    mean: np.ndarray  # smoothed signal mean over post-dummy volumes, analysis voxels
 
 
 _SERIES = ("framewise_displacement", "dvars", "std_dvars")
@@ -816,7 +823,8 @@ def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr,
     except _Unprocessable as exc:
         cleaned = None
         info.update(n_kept=0, excluded_reason=str(exc))
-    return _RunResult(info, cleaned, sample_mask, names, series, data.tsnr_sums, sources)
+    mean = data.smoothed[n_dummy:].mean(axis=0, dtype=np.float64)
+    return _RunResult(info, cleaned, sample_mask, names, series, data.tsnr_sums, sources, mean)
 
 
 def _subject_qc(files, results, grid, opts, qopts) -> dict:

@@ -297,7 +297,32 @@ def fake_cleaned(mask_img, data, lesion=None, include=True):
           "mean_fd": 0.1, "lesion_overlap": {"DMN": 0.2}}
     return SimpleNamespace(data=data, mask_img=mask_img, tr=2.0,
                            sample_mask=None if data is None else np.arange(2, 2 + len(data)),
-                           qc=qc, lesion_mask=lesion)
+                           qc=qc, lesion_mask=lesion,
+                           voxel_mean=None if data is None else np.full(data.shape[1], 1000.0))
+
+
+def test_psc_maps_are_linear_in_amplitude_and_peak_at_the_planted_place():
+    """Stage 2 in % signal change recovers 100 * amplitude / mean exactly (no saturation),
+    unlike standardised coefficients, which flatten where the network signal is strong."""
+    rng = np.random.default_rng(7)
+    n_t, n_v = 400, 60
+    templates = np.zeros((2, n_v))
+    templates[0, :30] = np.linspace(0.2, 1.0, 30)
+    templates[1, 30:] = 1.0
+    signals = rng.standard_normal((n_t, 2))
+    signals = (signals - signals.mean(0)) / signals.std(0)
+    weights = templates.copy()
+    weights[0, 25:30] += 0.5  # a local amplitude increase at the strongest voxels
+    mean = np.full(n_v, 800.0)
+    noise = 0.5 * rng.standard_normal((n_t, n_v))
+    data = mean + signals @ weights * 8.0 + noise
+    _, psc = conn.dual_regression(data, templates, n_analysis=1, voxel_mean=mean)
+    expected = 100 * 8.0 * weights[0] / mean
+    assert np.allclose(psc[0, :30], expected[:30], atol=0.02)
+    _, std = conn.dual_regression(data, templates, n_analysis=1)
+    gain_psc = psc[0, 27] / psc[0, 22]
+    gain_std = std[0, 27] / std[0, 22]
+    assert gain_psc > 1.4 and gain_std < 1.1  # the standardised map saturates
 
 
 def out_paths(tmp_path, seeds=False):

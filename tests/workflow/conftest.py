@@ -32,7 +32,7 @@ def _subject_paths(root: Path, row) -> dict:
     prefix = root / "subjects" / f"study-{row.study_id}" / f"sub-{row.label}" / f"sub-{row.label}"
     return {
         "qc": f"{prefix}_qc.json",
-        "maps": {n: f"{prefix}_network-{n}_stat-z_map.nii.gz" for n in ANALYSIS_NETWORKS},
+        "maps": {n: f"{prefix}_network-{n}_stat-amplitude_map.nii.gz" for n in ANALYSIS_NETWORKS},
         "timeseries": f"{prefix}_atlas-Seitzman300_timeseries.tsv",
         "relmat": f"{prefix}_atlas-Seitzman300_relmat.tsv",
         "networks": f"{prefix}_networks.tsv",

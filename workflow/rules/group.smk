@@ -18,7 +18,7 @@ def subject_files(kind, study=None, net=None):
     suffix = {
         "qc": "qc.json",
         "networks": "networks.tsv",
-        "map": f"network-{net}_stat-z_map.nii.gz",
+        "map": f"network-{net}_stat-amplitude_map.nii.gz",
     }[kind]
     return [
         f"{R}/subjects/study-{row.study_id}/sub-{row.label}/sub-{row.label}_{suffix}"

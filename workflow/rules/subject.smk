@@ -32,7 +32,7 @@ rule compute_subject_connectivity:
         unpack(subject_inputs),
     output:
         qc=f"{SUBJECT_PREFIX}_qc.json",
-        maps=expand(f"{SUBJECT_PREFIX}_network-{{net}}_stat-z_map.nii.gz", net=NETWORKS, allow_missing=True),
+        maps=expand(f"{SUBJECT_PREFIX}_network-{{net}}_stat-amplitude_map.nii.gz", net=NETWORKS, allow_missing=True),
         timeseries=f"{SUBJECT_PREFIX}_atlas-Seitzman300_timeseries.tsv",
         relmat=f"{SUBJECT_PREFIX}_atlas-Seitzman300_relmat.tsv",
         networks=f"{SUBJECT_PREFIX}_networks.tsv",
