@@ -72,6 +72,8 @@ rule meta_vs_mega:
         alpha=config["meta"]["alpha"],
     log:
         f"{R}/logs/meta_vs_mega.log",
+    benchmark:
+        f"{R}/benchmarks/meta_vs_mega.tsv"
     threads: 1
     resources:
         mem_mb=lambda wc: resources_for("meta_vs_mega", "mem_mb"),

@@ -40,6 +40,8 @@ if SIMULATE:
             out_dir=SIM_DIR,
         log:
             f"{R}/logs/simulate.log",
+        benchmark:
+            f"{R}/benchmarks/simulate.tsv"
         threads: 1
         resources:
             mem_mb=lambda wc: resources_for("simulate", "mem_mb"),
