@@ -102,6 +102,7 @@ def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
                                 meta_dir, meta_opts)
     return {
         "root": root,
+        "config": config,
         "qc": qc,
         "truth": sim_dir / "ground_truth.json",
         "pooled": {n: {"t": pooled_dir / f"pooled_network-{n}_stat-t_map.nii.gz",

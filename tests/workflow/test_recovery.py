@@ -52,3 +52,36 @@ def test_planted_edss_slope_is_detected_with_its_sign(planted_clinical_run):
     within = table[(table["variable"] == "edss") & (table["kind"] == "within")]
     assert (within["q_fdr"] < 0.05).all(), within[["metric", "beta", "p", "q_fdr"]]
     assert (within["beta"] > 0).all()
+
+
+def test_stage2_maps_match_each_subjects_generating_maps(null_clinical_run):
+    """Every included subject's DMN/SMN/VN/SN map correlates with its generating map (r > 0.5)
+    and within-network FC exceeds between-network FC for every analysis network."""
+    import nibabel as nib
+
+    from msnet.simulate import iter_study_subjects
+
+    config = null_clinical_run["config"]
+    root = null_clinical_run["root"]
+    checked = 0
+    for study in ("S01", "S02", "S03"):
+        for row, subject in iter_study_subjects(config["simulate"], config["seed"], study):
+            prefix = (root / "subjects" / f"study-{study}" / row.participant_id
+                      / row.participant_id)
+            qc = json.loads(open(f"{prefix}_qc.json").read())
+            if not qc["include"]:
+                continue
+            nets = pd.read_csv(f"{prefix}_networks.tsv", sep="\t")
+            for k, net in enumerate(ANALYSIS_NETWORKS):
+                img = nib.load(f"{prefix}_network-{net}_stat-amplitude_map.nii.gz")
+                func = root / "simulated" / f"study-{study}" / row.participant_id / "func"
+                mask_file = next(func.glob("*_desc-brain_mask.nii.gz"))
+                mask = np.asarray(nib.load(mask_file).dataobj) > 0
+                r = np.corrcoef(np.asarray(img.dataobj)[mask], subject.maps[k])[0, 1]
+                assert r > 0.5, (row.participant_id, net, r)
+                within = nets[(nets.network_a == net) & (nets.network_b == net)].fc_z.iloc[0]
+                between = nets[(nets.network_a != nets.network_b)
+                               & ((nets.network_a == net) | (nets.network_b == net))].fc_z
+                assert within > between.max(), (row.participant_id, net)
+            checked += 1
+    assert checked >= 12
