@@ -39,15 +39,14 @@ def _subject_paths(root: Path, row) -> dict:
     }
 
 
-def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
-    """Simulate, process every subject, then run group, clinical and meta stages.
+def simulate_and_process(config: dict) -> dict:
+    """Write the synthetic dataset and run the subject stage for every subject.
 
     Returns
     -------
     dict
-        Paths of the main outputs (see the keys below).
+        (study_id, participant_id) -> that subject's output paths.
     """
-    from msnet import clinical, group, meta
     from msnet.connectivity import compute_subject_connectivity
     from msnet.simulate import simulate_study, write_dataset_index
 
@@ -57,7 +56,6 @@ def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
     for study in plan.studies["study_id"]:
         simulate_study(config["simulate"], config["seed"], study, sim_dir)
     write_dataset_index(config["simulate"], config["seed"], sim_dir)
-
     subjects = {}
     for row in plan.subjects.itertuples():
         paths = _subject_paths(root, row)
@@ -67,6 +65,22 @@ def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
             connectivity_options=config["connectivity"], study_id=row.study_id,
         )
         subjects[(row.study_id, row.participant_id)] = paths
+    return subjects
+
+
+def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
+    """Simulate, process every subject, then run group, clinical and meta stages.
+
+    Returns
+    -------
+    dict
+        Paths of the main outputs (see the keys below).
+    """
+    from msnet import clinical, group, meta
+
+    root = Path(config["results_dir"])
+    sim_dir = simulated_dataset_dir(root)
+    subjects = simulate_and_process(config)
     qc = [p["qc"] for p in subjects.values()]
     nets_tsv = [p["networks"] for p in subjects.values()]
     maps = {n: [p["maps"][n] for p in subjects.values()] for n in ANALYSIS_NETWORKS}
@@ -129,3 +143,13 @@ def planted_clinical_run(tmp_path_factory):
                             clinical_slope=0.3, clinical_variable="edss")
     config["clinical"]["voxelwise_variables"] = []
     return run_pipeline(config, voxelwise_meta=False)
+
+
+@pytest.fixture(scope="session")
+def demo_subjects(tmp_path_factory):
+    """The first four studies of the demo exactly as `snakemake --cores 2` writes them
+    (same config and seed; each study's random streams do not depend on the others)."""
+    config = validate_config({"results_dir": str(tmp_path_factory.mktemp("demo4")),
+                              "simulate": {"n_studies": 4}})
+    return {"config": config, "root": Path(config["results_dir"]),
+            "subjects": simulate_and_process(config)}
