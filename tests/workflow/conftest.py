@@ -85,7 +85,7 @@ def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
     nets_tsv = [p["networks"] for p in subjects.values()]
     maps = {n: [p["maps"][n] for p in subjects.values()] for n in ANALYSIS_NETWORKS}
     participants = {s: str(sim_dir / f"study-{s}" / "participants.tsv")
-                    for s in plan.studies["study_id"]}
+                    for s in build_plan(config).studies["study_id"]}
 
     group_opts = {**config["group"], "seed": config["seed"]}
     masks = group.make_network_masks(qc, maps, root / "group" / "masks", group_opts)
