@@ -1,4 +1,4 @@
-"""The ``msnet`` command: validate inputs, simulate the demo dataset, run stages by hand.
+"""The ``msnet`` command: validate inputs, simulate the demo dataset, process one subject.
 
 Every subcommand reads the same config file as the workflow (``--config``, default
 ``config.yaml``) and runs the same checks, so ``msnet validate`` fails exactly where
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from msnet.errors import MsnetInputError
 
@@ -57,6 +58,37 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _cmd_subject(args) -> int:
+    from msnet.config import load_config
+    from msnet.connectivity import compute_subject_connectivity
+    from msnet.io.plan import build_plan, subject_outputs
+
+    config = load_config(args.config)
+    plan = build_plan(config)
+    pid = args.participant if args.participant.startswith("sub-") else f"sub-{args.participant}"
+    rows = plan.subjects[(plan.subjects["study_id"] == args.study)
+                         & (plan.subjects["participant_id"] == pid)]
+    if rows.empty:
+        raise MsnetInputError(f"{args.config}: no subject {pid} in study {args.study} in the "
+                              "plan (see `msnet plan`).")
+    row = rows.iloc[0]
+    study = plan.studies.set_index("study_id").loc[args.study]
+    if not all(Path(f).is_file() for f in row["bold"]):
+        raise MsnetInputError(f"{row['bold'][0]} does not exist. For the demo, write the "
+                              f"dataset first: msnet simulate --config {args.config}")
+    paths = subject_outputs(config["results_dir"], args.study, row["label"],
+                            config["connectivity"]["seed_maps"])
+    qc = compute_subject_connectivity(
+        study["fmriprep_dir"], pid, paths, denoise_options=config["denoise"],
+        qc_options=config["qc"], connectivity_options=config["connectivity"],
+        task=study["task"], space=study["space"], multi_run=config["data"]["multi_run"],
+        lesion_mask=row["lesion_mask"], study_id=args.study,
+    )
+    verdict = "included" if qc["include"] else f"excluded: {qc['exclusion_reason']}"
+    print(f"{pid} ({args.study}) {verdict}; outputs in {Path(paths['qc']).parent}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``msnet`` command."""
     parser = argparse.ArgumentParser(prog="msnet", description=__doc__.splitlines()[0])
@@ -75,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", _cmd_simulate, "write the synthetic multi-study dataset")
     p.add_argument("--out", help="output folder (default: {results_dir}/simulated)")
     p.add_argument("--study", action="append", help="simulate only this study (repeatable)")
+    p = add("subject", _cmd_subject,
+            "run the subject stage (denoise, QC, connectivity) for one subject, as the "
+            "workflow's compute_subject_connectivity job does")
+    p.add_argument("--study", required=True, help="study id")
+    p.add_argument("--participant", required=True, help="participant id (sub-XX or XX)")
     return parser
 
 

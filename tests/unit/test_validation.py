@@ -183,3 +183,21 @@ def test_cli_validate_reports_one_clear_error(tmp_path, capsys):
 def test_cli_validate_accepts_the_demo(capsys):
     assert main(["validate", "--config", str(REPO / "config.yaml")]) == 0
     assert "valid. 25 studies" in capsys.readouterr().out
+
+
+def test_cli_subject_runs_one_simulated_subject(tmp_path, capsys):
+    """`msnet simulate` then `msnet subject` write the workflow's subject outputs."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"),
+                                      "simulate": {"n_studies": 1, "resolution_mm": 8}}))
+    assert main(["subject", "--config", str(config), "--study", "S01",
+                 "--participant", "S01HC001"]) == 2
+    assert "msnet simulate" in capsys.readouterr().err
+    assert main(["simulate", "--config", str(config)]) == 0
+    assert main(["subject", "--config", str(config), "--study", "S01",
+                 "--participant", "S01HC001"]) == 0
+    out = tmp_path / "results" / "subjects" / "study-S01" / "sub-S01HC001"
+    assert (out / "sub-S01HC001_qc.json").is_file()
+    assert (out / "sub-S01HC001_network-DMN_stat-amplitude_map.nii.gz").is_file()
+    assert main(["subject", "--config", str(config), "--study", "S01",
+                 "--participant", "nobody"]) == 2

@@ -11,7 +11,7 @@ import pytest
 
 from msnet import ANALYSIS_NETWORKS
 from msnet.config import validate_config
-from msnet.io.plan import build_plan, simulated_dataset_dir
+from msnet.io.plan import build_plan, simulated_dataset_dir, subject_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 N_PERM = 200
@@ -26,17 +26,6 @@ def reduced_config(results_dir, **simulate) -> dict:
         "clinical": {"n_permutations": N_PERM},
         "meta": {"n_permutations": N_PERM},
     })
-
-
-def _subject_paths(root: Path, row) -> dict:
-    prefix = root / "subjects" / f"study-{row.study_id}" / f"sub-{row.label}" / f"sub-{row.label}"
-    return {
-        "qc": f"{prefix}_qc.json",
-        "maps": {n: f"{prefix}_network-{n}_stat-amplitude_map.nii.gz" for n in ANALYSIS_NETWORKS},
-        "timeseries": f"{prefix}_atlas-Seitzman300_timeseries.tsv",
-        "relmat": f"{prefix}_atlas-Seitzman300_relmat.tsv",
-        "networks": f"{prefix}_networks.tsv",
-    }
 
 
 def simulate_and_process(config: dict) -> dict:
@@ -58,7 +47,7 @@ def simulate_and_process(config: dict) -> dict:
     write_dataset_index(config["simulate"], config["seed"], sim_dir)
     subjects = {}
     for row in plan.subjects.itertuples():
-        paths = _subject_paths(root, row)
+        paths = subject_outputs(root, row.study_id, row.label)
         compute_subject_connectivity(
             str(sim_dir / f"study-{row.study_id}"), row.participant_id, paths,
             denoise_options=config["denoise"], qc_options=config["qc"],

@@ -15,15 +15,8 @@ def participants_tsv(study):
 def subject_files(kind, study=None, net=None):
     """Subject-stage outputs of every subject (of one study when `study` is given)."""
     subjects = PLAN.subjects if study is None else PLAN.study_subjects(study)
-    suffix = {
-        "qc": "qc.json",
-        "networks": "networks.tsv",
-        "map": f"network-{net}_stat-amplitude_map.nii.gz",
-    }[kind]
-    return [
-        f"{R}/subjects/study-{row.study_id}/sub-{row.label}/sub-{row.label}_{suffix}"
-        for row in subjects.itertuples()
-    ]
+    paths = [subject_outputs(R, row.study_id, row.label) for row in subjects.itertuples()]
+    return [p["maps"][net] if kind == "map" else p[kind] for p in paths]
 
 
 def subject_maps(study=None):

@@ -1,8 +1,9 @@
 """Stage 2: one job per subject: denoise -> QC -> network connectivity."""
 
-SUBJECT_DIR = f"{R}/subjects/study-{{study}}/sub-{{sub}}"
-SUBJECT_PREFIX = f"{SUBJECT_DIR}/sub-{{sub}}"
+from msnet.io.plan import subject_outputs
+
 SEED_MAPS = config["connectivity"]["seed_maps"]
+SUBJECT_OUTPUTS = subject_outputs(R, "{study}", "{sub}", SEED_MAPS)  # wildcard patterns
 
 
 def subject_row(wildcards):
@@ -31,12 +32,12 @@ rule compute_subject_connectivity:
     input:
         unpack(subject_inputs),
     output:
-        qc=f"{SUBJECT_PREFIX}_qc.json",
-        maps=expand(f"{SUBJECT_PREFIX}_network-{{net}}_stat-amplitude_map.nii.gz", net=NETWORKS, allow_missing=True),
-        timeseries=f"{SUBJECT_PREFIX}_atlas-Seitzman300_timeseries.tsv",
-        relmat=f"{SUBJECT_PREFIX}_atlas-Seitzman300_relmat.tsv",
-        networks=f"{SUBJECT_PREFIX}_networks.tsv",
-        seed_maps=expand(f"{SUBJECT_PREFIX}_seed-{{net}}_stat-z_map.nii.gz", net=NETWORKS if SEED_MAPS else [], allow_missing=True),
+        qc=SUBJECT_OUTPUTS["qc"],
+        maps=list(SUBJECT_OUTPUTS["maps"].values()),
+        timeseries=SUBJECT_OUTPUTS["timeseries"],
+        relmat=SUBJECT_OUTPUTS["relmat"],
+        networks=SUBJECT_OUTPUTS["networks"],
+        seed_maps=list(SUBJECT_OUTPUTS.get("seed_maps", {}).values()),
     params:
         fmriprep_dir=lambda wc: study_param(wc, "fmriprep_dir"),
         task=lambda wc: study_param(wc, "task"),
@@ -60,7 +61,5 @@ rule compute_subject_connectivity:
         "../../scripts/compute_subject_connectivity.py"
 
 
-ALL_TARGETS += [
-    f"{R}/subjects/study-{row.study_id}/sub-{row.label}/sub-{row.label}_qc.json"
-    for row in PLAN.subjects.itertuples()
-]
+ALL_TARGETS += [subject_outputs(R, row.study_id, row.label)["qc"]
+                for row in PLAN.subjects.itertuples()]

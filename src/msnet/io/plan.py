@@ -159,3 +159,37 @@ def record_excluded_inputs(records, path) -> None:
     from msnet.io.atomic import write_tsv
 
     write_tsv(pd.DataFrame(records, columns=["study_id", "participant_id", "reason"]), path)
+
+
+def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = False) -> dict:
+    """Paths of one subject's subject-stage outputs (the one place that names them).
+
+    Parameters
+    ----------
+    results_dir : str or Path
+    study_id, label : str
+        Study id and participant label without ``sub-``. Snakemake passes the wildcard
+        placeholders ``"{study}"``/``"{sub}"`` to get output patterns.
+    seed_maps : bool
+        Include the seed-to-voxel maps.
+
+    Returns
+    -------
+    dict
+        ``qc``, ``maps`` (network -> path), ``timeseries``, ``relmat``, ``networks`` and,
+        with ``seed_maps``, ``seed_maps`` (network -> path); the layout
+        :func:`msnet.connectivity.compute_subject_connectivity` writes.
+    """
+    from msnet import ANALYSIS_NETWORKS
+
+    prefix = f"{results_dir}/subjects/study-{study_id}/sub-{label}/sub-{label}"
+    paths = {
+        "qc": f"{prefix}_qc.json",
+        "maps": {n: f"{prefix}_network-{n}_stat-amplitude_map.nii.gz" for n in ANALYSIS_NETWORKS},
+        "timeseries": f"{prefix}_atlas-Seitzman300_timeseries.tsv",
+        "relmat": f"{prefix}_atlas-Seitzman300_relmat.tsv",
+        "networks": f"{prefix}_networks.tsv",
+    }
+    if seed_maps:
+        paths["seed_maps"] = {n: f"{prefix}_seed-{n}_stat-z_map.nii.gz" for n in ANALYSIS_NETWORKS}
+    return paths
