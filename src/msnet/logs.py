@@ -25,3 +25,18 @@ def log_to_file(path, level=logging.INFO) -> None:
     handlers = [logging.FileHandler(path, mode="w"), console]
     logging.basicConfig(level=level, format=FORMAT, handlers=handlers, force=True)
     logging.captureWarnings(True)
+    sys.excepthook = _report_input_errors
+
+
+def _report_input_errors(exc_type, exc, tb) -> None:
+    """Show a user-fixable input error as its message alone; anything else in full.
+
+    An :class:`~msnet.errors.MsnetInputError` already names the file, row and fix, so the
+    job's log and stderr get that message instead of a traceback through msnet's internals.
+    """
+    from msnet.errors import MsnetInputError
+
+    if issubclass(exc_type, MsnetInputError):
+        logging.getLogger("msnet").error("%s", exc)
+        return
+    sys.__excepthook__(exc_type, exc, tb)
