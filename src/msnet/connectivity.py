@@ -205,16 +205,18 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS), v
     coefficients: the expected change, in voxel standard deviations, of the voxel's signal per
     standard deviation of the network's time course with all other networks held fixed.
     Unitless; with a single network it would equal the Pearson correlation of the voxel with
-    the network's time course, and values lie near [-1, 1]. ``stat-z`` names the
-    standardisation (z-scored variables), NOT a Z statistic: no standard error, degrees of
-    freedom or p-value are involved, so the maps are not thresholdable as Z-scores.
+    the network's time course, and values lie near [-1, 1].
+
+    Neither form is a Z statistic (no standard error, degrees of freedom or p-value is
+    involved), which is why the files are named ``stat-amplitude`` and must not be
+    thresholded as Z-scores.
 
     **Why this statistic.** Group and meta-analysis pool subjects from studies with different
     scanners, TRs, run lengths and censoring. A Z (or t) statistic grows with the square root of
     the degrees of freedom, so the same connectivity would look stronger in a long run than in
     a short one; a raw regression coefficient carries the scanner's arbitrary BOLD units.
-    The standardised coefficient has neither dependence: its expected value does not change
-    with the number of volumes or the intensity scale, only its precision does.
+    Both forms above have neither dependence: their expected value does not change with the
+    number of volumes or the intensity scale, only their precision does.
 
     **Compared with FSL ``dual_regression``** (FSL 6): stage 1 is the same as
     ``fsl_glm --demean`` with the group maps as design (FSL uses all group ICA components; here
@@ -222,8 +224,9 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS), v
     variance-normalised (as here) but voxel data only demeaned, so FSL's
     ``dr_stage2_subject*.nii.gz`` (the input to ``randomise``) is this coefficient multiplied
     by the voxel's temporal SD (units of the data), and ``dr_stage2_*_Z`` is the t statistic
-    of that coefficient converted to Z (grows with sqrt(dof)). msnet's map = FSL's stage-2
-    beta / voxel SD.
+    of that coefficient converted to Z (grows with sqrt(dof)). msnet's maps are FSL's stage-2
+    beta divided by the voxel's mean / 100 (``psc``) or by the voxel's temporal SD
+    (``standardized``).
 
     Written with normal equations on voxel blocks instead of nilearn/FSL because nilearn has
     no dual regression and a voxel-by-voxel GLM is orders of magnitude slower; at 231k voxels
