@@ -13,11 +13,13 @@ min_version("8.0")
 configfile: "config.yaml"
 
 
-from msnet.config import validate_config
+from msnet.config import read_config_file, validate_config
 from msnet.errors import MsnetInputError
 from msnet.io.plan import build_plan
 
 try:
+    for _path in workflow.configfiles:  # keys given twice, as `msnet validate` refuses them
+        read_config_file(_path)
     config.update(validate_config(config, source="config (config.yaml + --config overrides)"))
     PLAN = build_plan(config)
 except MsnetInputError as exc:

@@ -112,11 +112,33 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
 def _check_cross_keys(config: dict, source: str) -> None:
     """Checks that involve several keys at once."""
+    if not str(config["results_dir"]).strip():
+        raise MsnetInputError(
+            f"{source}: results_dir is empty; outputs would be written at the filesystem root. "
+            "Set results_dir to a folder, e.g. results_dir: results."
+        )
     data = config["data"]
     if data["mode"] == "fmriprep" and not data["studies_tsv"]:
         raise MsnetInputError(
             f"{source}: data.mode is 'fmriprep' but data.studies_tsv is not set. "
             "Point data.studies_tsv at your studies.tsv (see README, 'Real data')."
+        )
+    if data["mode"] == "simulate" and data["studies_tsv"]:
+        raise MsnetInputError(
+            f"{source}: data.studies_tsv is set ({data['studies_tsv']}) but data.mode is "
+            "'simulate', which runs the synthetic demo and ignores studies_tsv. To analyse "
+            "your studies set data.mode: fmriprep; to run the demo remove data.studies_tsv "
+            "(or set it to null)."
+        )
+    clinical = config.get("clinical", {})
+    extra = [v for v in clinical.get("voxelwise_variables", [])
+             if v not in clinical.get("variables", [])]
+    if extra:
+        raise MsnetInputError(
+            f"{source}: clinical.voxelwise_variables {extra} are not in clinical.variables "
+            f"{clinical.get('variables', [])}; a voxelwise variable must also be modelled at "
+            "network level. Add them to clinical.variables or remove them from "
+            "clinical.voxelwise_variables."
         )
     denoise = config.get("denoise", {})
     low, high = denoise.get("low_pass"), denoise.get("high_pass")
@@ -140,12 +162,61 @@ def load_config(path) -> dict:
         The validated configuration.
     """
     path = Path(path)
+    return validate_config(read_config_file(path), source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (YAML leaves the
+    outcome undefined; PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if key in seen:
+                raise MsnetInputError(
+                    f"key '{key}' is given twice in the same section (lines "
+                    f"{seen[key] + 1} and {key_node.start_mark.line + 1}); YAML would silently "
+                    "keep the last one. Keep one of them."
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(path) -> dict:
+    """Read a YAML config file as Snakemake would, with stricter checks.
+
+    Refuses a missing file, invalid YAML, a key given twice in one mapping, an empty file
+    and a top level that is not a mapping (Snakemake refuses the last two as well).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    dict
+        The parsed (not yet validated) configuration.
+    """
+    path = Path(path)
     if not path.is_file():
         raise MsnetInputError(f"Config file {path} does not exist.")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
+    except MsnetInputError as exc:
+        raise MsnetInputError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise MsnetInputError(f"{path}: not valid YAML ({exc}).") from None
-    if config is not None and not isinstance(config, dict):
+    if config is None:
+        raise MsnetInputError(
+            f"{path}: the config file is empty. Snakemake refuses an empty config file too; "
+            "start from a copy of the repository's config.yaml (keys left out take their "
+            "defaults), or write {} to use every default."
+        )
+    if not isinstance(config, dict):
         raise MsnetInputError(f"{path}: the top level must be a mapping of keys to values.")
-    return validate_config(config, source=str(path))
+    return config

@@ -201,3 +201,40 @@ def test_cli_subject_runs_one_simulated_subject(tmp_path, capsys):
     assert (out / "sub-S01HC001_network-DMN_stat-amplitude_map.nii.gz").is_file()
     assert main(["subject", "--config", str(config), "--study", "S01",
                  "--participant", "nobody"]) == 2
+
+
+# --------------------------------------------------------------- issue 10: defects 6, 7, 10, 11
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"results_dir": ""}, "results_dir is empty"),
+        ({"results_dir": "  "}, "results_dir is empty"),
+        ({"data": {"studies_tsv": "studies.tsv"}}, "data.mode is 'simulate'"),
+        ({"clinical": {"variables": ["edss"], "voxelwise_variables": ["edss", "t2lv"]}},
+         r"voxelwise_variables \['t2lv'\] are not in clinical.variables"),
+    ],
+)
+def test_silent_config_combinations_are_refused(config, expected):
+    with pytest.raises(MsnetInputError, match=expected):
+        validate_config(config, "config.yaml")
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\ngroup:\n  n_permutations: 10\n  alpha: 0.05\n"
+                    "  n_permutations: 20\n")
+    with pytest.raises(MsnetInputError, match=r"'n_permutations' is given twice .*lines 3 and 5"):
+        load_config(path)
+    path.write_text("seed: 1\nseed: 2\n")
+    assert main(["validate", "--config", str(path)]) == 2
+
+
+def test_empty_config_file_is_refused_like_snakemake(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("# only a comment\n")
+    assert main(["validate", "--config", str(path)]) == 2
+    assert "config file is empty" in capsys.readouterr().err
+    path.write_text("{}\n")  # Snakemake accepts an empty mapping: every default
+    assert load_config(path)["data"]["mode"] == "simulate"
