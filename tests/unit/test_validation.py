@@ -238,3 +238,27 @@ def test_empty_config_file_is_refused_like_snakemake(tmp_path, capsys):
     assert "config file is empty" in capsys.readouterr().err
     path.write_text("{}\n")  # Snakemake accepts an empty mapping: every default
     assert load_config(path)["data"]["mode"] == "simulate"
+
+
+@pytest.mark.parametrize("reader", [read_studies, read_participants])
+def test_empty_and_header_only_tables(tmp_path, reader):
+    path = tmp_path / "table.tsv"
+    path.write_bytes(b"")
+    with pytest.raises(MsnetInputError, match=r"is empty \(0 bytes, no header row\)") as info:
+        reader(path)
+    assert str(path) in str(info.value)
+    path.write_text("study_id\tfmriprep_dir\tparticipants_tsv\n")
+    with pytest.raises(MsnetInputError, match="has a header .* but no rows"):
+        reader(path)
+
+
+def test_comma_separated_table_is_named_as_such(tmp_path):
+    path = tmp_path / "studies.tsv"
+    path.write_text("study_id,fmriprep_dir,participants_tsv\nA,study1,p.tsv\n")
+    with pytest.raises(MsnetInputError, match="this file is comma-separated") as info:
+        read_studies(path)
+    assert "missing" not in str(info.value)
+    path = tmp_path / "participants.tsv"
+    path.write_text(PARTICIPANTS.replace("\t", ";"))
+    with pytest.raises(MsnetInputError, match="semicolon-separated"):
+        read_participants(path)

@@ -30,9 +30,31 @@ def read_tsv(path, what: str) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, sep="\t", na_values=NA_VALUES, keep_default_na=False,
                             dtype=str)
+    except pd.errors.EmptyDataError:
+        raise MsnetInputError(
+            f"{what} {path} is empty ({path.stat().st_size} bytes, no header row). It needs a "
+            "tab-separated header row and one row per entry; see README ('Real data')."
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise MsnetInputError(f"{what} {path} is not a readable tab-separated table: {exc}")
-    table.columns = [c.strip() for c in table.columns]
+        raise MsnetInputError(
+            f"{what} {path} is not a readable tab-separated table: {exc}"
+        ) from None
+    table.columns = [str(c).strip() for c in table.columns]
+    if len(table.columns) == 1:
+        header = table.columns[0]
+        for sep, name in ((",", "comma"), (";", "semicolon")):
+            if sep in header:
+                raise MsnetInputError(
+                    f"{what} {path}: this file is {name}-separated (header {header!r}); msnet "
+                    "reads tab-separated tables (BIDS .tsv). Save it with tabs between the "
+                    f"columns (e.g. pandas: read_csv(sep='{sep}').to_csv(sep='\\t', "
+                    "index=False))."
+                )
+    if table.empty:
+        raise MsnetInputError(
+            f"{what} {path} has a header ({', '.join(table.columns)}) but no rows. Add one "
+            "row per entry."
+        )
     return table
 
 
