@@ -490,6 +490,10 @@ def _load_lesion(lesion_mask, mask_img) -> np.ndarray | None:
     """Lesion mask (path or image) as a 3-D bool array on the brain-mask grid."""
     import nibabel as nib
 
+    if not hasattr(lesion_mask, "shape"):  # a path; None, NaN or "n/a" from a table: no mask
+        from msnet.io.plan import optional_path
+
+        lesion_mask = optional_path(lesion_mask)
     if lesion_mask is None:
         return None
     name = lesion_mask if isinstance(lesion_mask, (str, Path)) else "the lesion mask image"

@@ -359,3 +359,11 @@ def test_ica_aroma_requires_aroma_output(tmp_path):
 def test_bad_options(options, word):
     with pytest.raises(MsnetInputError, match=word):
         resolve_options(options)
+
+
+@pytest.mark.parametrize("missing", [float("nan"), "n/a", ""])
+def test_missing_lesion_mask_value_means_no_mask(tmp_path, missing):
+    """A lesion_mask cell read as NaN (pandas >= 3) or n/a is no mask, not a crash."""
+    files = write_subject(tmp_path)
+    result = clean_subject(files, {}, NO_QC, lesion_mask=missing)
+    assert result.lesion_mask is None and result.qc["lesion_voxels"] is None

@@ -262,3 +262,16 @@ def test_comma_separated_table_is_named_as_such(tmp_path):
     path.write_text(PARTICIPANTS.replace("\t", ";"))
     with pytest.raises(MsnetInputError, match="semicolon-separated"):
         read_participants(path)
+
+
+def test_lesion_mask_column_with_na_rows(tmp_path):
+    """Controls have no lesion mask (n/a): their plan entry is None, not a truthy NaN."""
+    nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)).to_filename(tmp_path / "les.nii.gz")
+    rows = PARTICIPANTS.strip().split("\n")
+    rows = [rows[0] + "\tlesion_mask", rows[1] + "\tles.nii.gz"] + [r + "\tn/a" for r in rows[2:]]
+    plan = build_plan(_real_data_config(tmp_path, participants="\n".join(rows) + "\n"))
+    subjects = plan.subjects
+    for label, expected in (("01", str(tmp_path / "les.nii.gz")), ("02", None), ("03", None)):
+        row = subjects[(subjects["study_id"] == "A") & (subjects["label"] == label)].iloc[0]
+        assert row["lesion_mask"] == expected and bool(row["lesion_mask"]) == bool(expected)
+    assert [r.lesion_mask for r in subjects.itertuples()][1:] == [None, None, None]

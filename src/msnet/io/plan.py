@@ -90,7 +90,21 @@ def _simulated_plan(config: dict) -> Plan:
 
 def _with_labels(subjects: pd.DataFrame) -> pd.DataFrame:
     subjects["label"] = subjects["participant_id"].str.removeprefix("sub-")
+    # pandas >= 3 stores a column of strings and None as a string column with NaN, and NaN
+    # is truthy: keep "no lesion mask" as None (object column) so `if row["lesion_mask"]`
+    # and `lesion_mask is None` mean what they say.
+    subjects["lesion_mask"] = pd.Series(
+        [optional_path(v) for v in subjects["lesion_mask"]], index=subjects.index, dtype=object
+    )
     return subjects.reset_index(drop=True)
+
+
+def optional_path(value) -> str | None:
+    """A path from a table cell, or None for a missing one (None, NaN, ``n/a``, empty)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    value = str(value).strip()
+    return None if value in ("", "n/a", "nan", "None") else value
 
 
 def _fmriprep_plan(config: dict) -> Plan:
