@@ -367,3 +367,14 @@ def test_missing_lesion_mask_value_means_no_mask(tmp_path, missing):
     files = write_subject(tmp_path)
     result = clean_subject(files, {}, NO_QC, lesion_mask=missing)
     assert result.lesion_mask is None and result.qc["lesion_voxels"] is None
+
+
+def test_non_fmriprep_confounds_refused_whatever_the_strategy(tmp_path):
+    """Without trans_*/rot_* the table is refused even when no motion regressor is asked for."""
+    files = write_subject(tmp_path)
+    table = pd.read_csv(files.runs[0].confounds, sep="\t")
+    table[["csf", "white_matter", "framewise_displacement", "std_dvars", "dvars"]].to_csv(
+        files.runs[0].confounds, sep="\t", index=False, na_rep="n/a")
+    for options in ({"motion": None}, {"strategy": "simple"}):
+        with pytest.raises(MsnetInputError, match="not an fMRIPrep confounds table"):
+            clean_subject(files, options, NO_QC)

@@ -9,6 +9,7 @@ import pytest
 
 from msnet.errors import MsnetInputError
 from msnet.io.fmriprep import (
+    MOTION_COLUMNS,
     find_study_files,
     find_subject_files,
     parse_bids_name,
@@ -181,7 +182,9 @@ def test_read_confounds_maps_fmriprep_1x_names(tmp_path):
 
 def test_read_confounds_keeps_current_tables_and_json(tmp_path):
     path = tmp_path / "sub-01_task-rest_desc-confounds_timeseries.tsv"
-    pd.DataFrame({"trans_x": [0.0, 1.0], "trans_x_derivative1": [np.nan, 5.0]}).to_csv(path, sep="\t", index=False)
+    table = pd.DataFrame({c: [0.0, 0.0] for c in MOTION_COLUMNS})
+    table["trans_x"], table["trans_x_derivative1"] = [0.0, 1.0], [np.nan, 5.0]
+    table.to_csv(path, sep="\t", index=False)
     path.with_suffix(".json").write_text(json.dumps({"a_comp_cor_00": {"Mask": "CSF"}}))
     table, meta = read_confounds(path)
     assert table["trans_x_derivative1"].iloc[1] == 5.0  # fMRIPrep's own value is not replaced
@@ -207,3 +210,15 @@ def test_read_confounds_bad_tables(tmp_path, content, words):
 def test_read_confounds_missing_file(tmp_path):
     with pytest.raises(MsnetInputError, match="does not exist"):
         read_confounds(tmp_path / "nope_desc-confounds_timeseries.tsv")
+
+
+@pytest.mark.parametrize("header", ["csf\twhite_matter\tglobal_signal", "trans_x\ttrans_y\tcsf",
+                                    "Time\tResp\tCardiac"])
+def test_non_fmriprep_confounds_table_is_refused(tmp_path, header):
+    """A table without fMRIPrep's six motion parameters is not an fMRIPrep table."""
+    path = tmp_path / "sub-01_task-rest_desc-confounds_timeseries.tsv"
+    n_cols = header.count("\t") + 1
+    path.write_text(header + "\n" + ("\t".join(["1"] * n_cols) + "\n") * 3)
+    with pytest.raises(MsnetInputError, match="is not an fMRIPrep confounds table") as err:
+        read_confounds(path, n_volumes=3)
+    assert str(path) in str(err.value) and "rot_z" in str(err.value)

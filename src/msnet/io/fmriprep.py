@@ -463,13 +463,42 @@ def read_confounds(path, n_volumes: int | None = None) -> tuple[pd.DataFrame, di
             "volumes: the table belongs to another run or was truncated."
         )
     table, legacy = _harmonise_columns(table, path)
+    _check_fmriprep_table(table, path)
     table = pd.concat([table, _expansions(table)], axis=1)
     json_path = path.with_suffix(".json")
-    meta = json.loads(json_path.read_text()) if json_path.is_file() else None
+    try:
+        meta = json.loads(json_path.read_text()) if json_path.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise MsnetInputError(f"Cannot read the confounds JSON sidecar {json_path}: {exc}") from None
+    if meta is not None and not isinstance(meta, dict):
+        raise MsnetInputError(f"Confounds JSON sidecar {json_path} must hold a JSON object "
+                              "(column name -> metadata), as fMRIPrep writes it.")
     if meta is None and legacy:
         meta = {c: {"Method": "aCompCor", "Mask": "combined"} for c in table if c.startswith("a_comp_cor_")}
         meta.update({c: {"Method": "tCompCor"} for c in table if c.startswith("t_comp_cor_")})
     return table, meta
+
+
+def _check_fmriprep_table(table: pd.DataFrame, path: Path) -> None:
+    """Refuse a confounds table that fMRIPrep did not write.
+
+    Every fMRIPrep version writes the six rigid-body motion parameters (``trans_*``/``rot_*``;
+    ``X``..``RotZ`` in 1.0-1.1, renamed by :func:`_harmonise_columns`), whatever else it was
+    asked for; a table without them comes from another tool, and its columns cannot be trusted
+    to mean what the denoising strategy expects (whatever the strategy: FD, scrubbing and the
+    QC all rest on them).
+    """
+    missing = [c for c in MOTION_COLUMNS if c not in table.columns]
+    if not missing:
+        return
+    found = ", ".join(map(str, table.columns[:12])) + (", ..." if len(table.columns) > 12 else "")
+    raise MsnetInputError(
+        f"Confounds table {path} is not an fMRIPrep confounds table: fMRIPrep (every version) "
+        f"writes the six motion parameters {', '.join(MOTION_COLUMNS)} and this table lacks "
+        f"{', '.join(missing)} (its columns: {found or 'none'}). msnet analyses fMRIPrep "
+        "derivatives: use the desc-confounds_timeseries.tsv fMRIPrep wrote for this run, "
+        "unmodified (its JSON sidecar beside it)."
+    )
 
 
 def _expansions(table: pd.DataFrame) -> pd.DataFrame:
