@@ -528,7 +528,11 @@ def _open_stream(path: Path, offset: int, block_size: int):
         from isal import igzip_threaded
 
         stream = igzip_threaded.open(path, "rb", threads=1, block_size=block_size)
-        skipped = len(stream.read(offset))
+        try:
+            skipped = len(stream.read(offset))
+        except _STREAM_ERRORS as exc:
+            _close_quietly(stream)
+            raise _corrupt(path, exc) from None
         if skipped != offset:
             stream.close()
             raise MsnetInputError(f"{path} ends inside its header (truncated file): re-copy it.")
@@ -542,10 +546,46 @@ def _read_exact(stream, buffer: np.ndarray, path: Path) -> None:
     view = memoryview(buffer).cast("B")
     got = 0
     while got < len(view):
-        n = stream.readinto(view[got:])
+        try:
+            n = stream.readinto(view[got:])
+        except _STREAM_ERRORS as exc:  # raised by isal's read-ahead thread, or by zlib
+            raise _corrupt(path, exc) from None
         if not n:
             raise MsnetInputError(f"{path} ends early (truncated file): re-copy it.")
         got += n
+
+
+def _stream_errors() -> tuple:
+    """What a truncated or corrupt gzip raises: EOFError (early end), OSError/BadGzipFile,
+    zlib.error, isal's IsalError (not an OSError)."""
+    import zlib
+
+    errors = [EOFError, OSError, zlib.error]
+    try:
+        from isal.igzip_lib import IsalError
+    except ImportError:  # pragma: no cover - isal is a dependency
+        pass
+    else:
+        errors.append(IsalError)
+    return tuple(errors)
+
+
+_STREAM_ERRORS = _stream_errors()
+
+
+def _corrupt(path: Path, exc: BaseException) -> MsnetInputError:
+    return MsnetInputError(
+        f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); the gzip stream cannot "
+        "be read to its end. Re-copy the file from the fMRIPrep output (or rerun fMRIPrep for "
+        "this subject)."
+    )
+
+
+def _close_quietly(stream) -> None:
+    try:
+        stream.close()
+    except _STREAM_ERRORS:
+        pass
 
 
 @dataclass

@@ -378,3 +378,24 @@ def test_non_fmriprep_confounds_refused_whatever_the_strategy(tmp_path):
     for options in ({"motion": None}, {"strategy": "simple"}):
         with pytest.raises(MsnetInputError, match="not an fMRIPrep confounds table"):
             clean_subject(files, options, NO_QC)
+
+
+@pytest.mark.parametrize("damage", ["truncate_late", "truncate_early", "corrupt"])
+def test_truncated_or_corrupt_gzip_is_an_input_error(tmp_path, damage):
+    """isal's read-ahead thread raises EOFError/IsalError: reported naming the file."""
+    files = write_subject(tmp_path, n=120, dtype=np.float32)
+    path = files.runs[0].bold
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate_late":
+        raw = raw[: int(len(raw) * 0.8)]
+    elif damage == "truncate_early":
+        raw = raw[:2000]
+    else:
+        raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+    try:
+        clean_subject(files, {}, NO_QC)
+    except MsnetInputError as err:
+        assert str(path) in str(err) and ("truncated" in str(err) or "Cannot read" in str(err))
+    else:
+        pytest.fail("a damaged BOLD was read without error")
