@@ -234,6 +234,7 @@ def select_confounds(table, meta, opts: dict, source: Path):
     """
     from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
 
+    _check_compcor_sidecar(meta, opts, source)
     tmp = Path(tempfile.mkdtemp(prefix="msnet_conf_"))
     while "tsv" in str(tmp):  # nilearn derives the JSON path with str.replace("tsv", "json")
         tmp.rmdir()
@@ -261,7 +262,44 @@ def select_confounds(table, meta, opts: dict, source: Path):
     sample_mask = np.arange(n) if sample_mask is None else np.asarray(sample_mask, dtype=int)
     if conf is None or conf.shape[1] == 0:
         return None, [], sample_mask
+    _check_finite_confounds(conf, table, opts, source)
     return conf.to_numpy(dtype=float), list(conf.columns), sample_mask
+
+
+def _check_compcor_sidecar(meta, opts: dict, source) -> None:
+    """CompCor components are chosen from the confounds JSON sidecar: say when it is missing
+    (rather than letting nilearn read an empty one and blame the table's fMRIPrep version)."""
+    uses_compcor = opts["strategy"] == "compcor" or (opts["strategy"] == "custom"
+                                                       and bool(opts["compcor"]))
+    if uses_compcor and meta is None:
+        raise MsnetInputError(
+            f"denoise strategy {opts['strategy']!r} uses CompCor, which needs the confounds "
+            f"JSON sidecar {Path(source).with_suffix('.json')} (fMRIPrep writes it beside the "
+            "TSV with each component's mask and variance), and it is missing. Copy it from the "
+            "fMRIPrep output, or choose a strategy without CompCor (denoise.compcor: null)."
+        )
+
+
+def _check_finite_confounds(conf, table, opts: dict, source: Path) -> None:
+    """Refuse selected regressors holding n/a beyond what fMRIPrep writes (the first row of
+    derivative columns, which nilearn fills from the second): a regressor with missing values
+    cannot be projected out (and would fail deep inside the interpolation)."""
+    bad = [c for c in conf.columns if c in table and _na_after_first(table, c)]
+    if not bad:
+        return
+    details = []
+    for col in bad[:5]:
+        na = np.flatnonzero(table[col].isna().to_numpy())
+        where = (f"in all {len(table)} rows" if na.size == len(table) else
+                 f"at volume(s) {', '.join(map(str, na[:10]))}" + (" ..." if na.size > 10 else ""))
+        details.append(f"'{col}' is n/a {where}")
+    raise MsnetInputError(
+        f"Confounds table {source}: regressor(s) that denoise strategy {opts['strategy']!r} "
+        f"uses hold n/a: {'; '.join(details)}"
+        + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "")
+        + ". fMRIPrep writes n/a only in the first row of derivative columns; re-run fMRIPrep "
+        "for this subject, or choose a strategy that does not use these columns."
+    )
 
 
 def _dummy_count(table) -> int:
@@ -844,10 +882,18 @@ def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr,
     """Read, (complete the confounds of) and clean one run; unprocessable -> cleaned=None."""
     n_vol = img.shape[3]
     sources = {"fd_source": "confounds", "dvars_source": "confounds"}
-    if "framewise_displacement" not in table:
+    fd_na = _na_after_first(table, "framewise_displacement")
+    if "framewise_displacement" not in table or fd_na:
+        # fMRIPrep writes n/a only for the first volume; FD n/a later (a damaged table) would
+        # silently keep those volumes (n/a > threshold is false): recompute FD from the motion
+        # parameters instead, as fMRIPrep does, and record where.
+        if fd_na:
+            say(f"framewise_displacement is n/a at volume(s) {fd_na[:10]}: recomputed from the "
+                "motion parameters")
         table["framewise_displacement"] = _fd_from_table(table, run.confounds)
         sources["fd_source"] = "nipype"
-    need_dvars = not {"dvars", "std_dvars"} <= set(table.columns)
+    need_dvars = (not {"dvars", "std_dvars"} <= set(table.columns)
+                  or bool(_na_after_first(table, "dvars") or _na_after_first(table, "std_dvars")))
     n_dummy = _dummy_count(table)
     say(f"reading {path.name}")
     data = _read_bold(path, img, run_mask, brain, analysis, opts["smoothing_fwhm"], n_dummy, need_dvars)
@@ -857,16 +903,16 @@ def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr,
     confounds, names, sample_mask = select_confounds(table, meta, opts, run.confounds)
     series = {c: table[c].to_numpy()[n_dummy:] for c in _SERIES}
     info = {"bold": str(path), "n_volumes": n_vol, "n_dummy": n_dummy, "n_confounds": len(names),
-            "n_kept": int(sample_mask.size), "excluded_reason": None,
-            **qcmod.motion_metrics(*series.values(), 0)}
+            "n_kept": int(sample_mask.size), "usable": True, "excluded_reason": None,
+            "fd_na_volumes": fd_na, **qcmod.motion_metrics(*series.values(), 0)}
     say(f"cleaning {path.name}: {len(names)} confounds, {sample_mask.size}/{n_vol} volumes kept")
     try:
         operator = cleaning_operator(n_vol, sample_mask, confounds, tr, opts["detrend"], opts["high_pass"],
                                      opts["low_pass"], opts["standardize_confounds"])
         cleaned = _apply_operator(operator, data.smoothed)
     except _Unprocessable as exc:
-        cleaned = None
-        info.update(n_kept=0, excluded_reason=str(exc))
+        cleaned = None  # n_kept stays what censoring kept: the run is unusable for another reason
+        info.update(usable=False, excluded_reason=str(exc))
     mean = data.smoothed[n_dummy:].mean(axis=0, dtype=np.float64)
     return _RunResult(info, cleaned, sample_mask, names, series, data.tsnr_sums, sources, mean)
 
@@ -878,6 +924,7 @@ def _subject_qc(files, results, grid, opts, qopts) -> dict:
     qc = qcmod.motion_metrics(*pooled, 0)
     qc.update(qcmod.censoring_metrics(sum(i["n_volumes"] for i in infos), sum(i["n_dummy"] for i in infos),
                                       sum(i["n_kept"] for i in infos), files.tr))
+    qc["minutes_usable"] = float(sum(i["n_kept"] for i in infos if i["usable"]) * files.tr / 60.0)
     n_post = sum(i["n_volumes"] - i["n_dummy"] for i in infos)
     total, total_sq = (sum(r.tsnr_sums[k] for r in results) for k in (0, 1))
     lesion = None if grid.lesion is None else grid.lesion[grid.brain]
@@ -905,6 +952,13 @@ def _subject_qc(files, results, grid, opts, qopts) -> dict:
     return qc
 
 
+def _na_after_first(table, column: str) -> list:
+    """Volumes (0-based) after the first where ``column`` is n/a (empty if absent)."""
+    if column not in table:
+        return []
+    return [int(i) for i in np.flatnonzero(table[column].isna().to_numpy()[1:]) + 1]
+
+
 def _fd_from_table(table, source: Path) -> np.ndarray:
     missing = [c for c in MOTION_COLUMNS if c not in table]
     if missing:
@@ -912,7 +966,16 @@ def _fd_from_table(table, source: Path) -> np.ndarray:
             f"Confounds table {source} has no framewise_displacement column and lacks {missing} "
             "to compute it; provide fMRIPrep's full confounds table."
         )
-    return qcmod.framewise_displacement(table[list(MOTION_COLUMNS)].to_numpy())
+    motion = table[list(MOTION_COLUMNS)]
+    if motion.isna().any().any():
+        rows = np.flatnonzero(motion.isna().any(axis=1).to_numpy())
+        raise MsnetInputError(
+            f"Confounds table {source}: the motion parameters are n/a at volume(s) "
+            f"{', '.join(map(str, rows[:10]))}{' ...' if rows.size > 10 else ''}, so framewise "
+            "displacement cannot be computed there. fMRIPrep never writes n/a motion "
+            "parameters: the table is damaged; re-run fMRIPrep for this subject."
+        )
+    return qcmod.framewise_displacement(motion.to_numpy())
 
 
 def _lesion_overlap(brain_lesion, mask_img, qopts) -> dict:

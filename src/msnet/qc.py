@@ -191,7 +191,9 @@ def decide_inclusion(metrics: dict, qc_options=None) -> tuple[bool, str | None]:
     Parameters
     ----------
     metrics : dict
-        Needs ``mean_fd``, ``pct_censored``, ``minutes_kept`` (a None metric is not judged).
+        Needs ``mean_fd``, ``pct_censored``, ``minutes_kept`` (a None metric is not judged);
+        ``minutes_usable`` (minutes kept in the runs that could be cleaned), when given, is
+        judged instead of ``minutes_kept``.
     qc_options : dict, optional
         ``max_mean_fd`` (mm), ``max_pct_censored`` (%), ``min_minutes_kept`` (min);
         defaults in :data:`DEFAULT_QC_OPTIONS`; None switches a criterion off.
@@ -203,11 +205,12 @@ def decide_inclusion(metrics: dict, qc_options=None) -> tuple[bool, str | None]:
         Every failed criterion with its value and threshold, ``"; "``-joined.
     """
     opts = resolve_qc_options(qc_options)
+    minutes = "minutes_usable" if metrics.get("minutes_usable") is not None else "minutes_kept"
     checks = (
         ("mean_fd", "max_mean_fd", lambda v, t: v > t, "mean FD {v:.3f} mm > max_mean_fd {t} mm"),
         ("pct_censored", "max_pct_censored", lambda v, t: v > t,
          "{v:.1f} % of volumes censored > max_pct_censored {t} %"),
-        ("minutes_kept", "min_minutes_kept", lambda v, t: v < t,
+        (minutes, "min_minutes_kept", lambda v, t: v < t,
          "{v:.2f} min of data kept < min_minutes_kept {t} min"),
     )
     reasons = [

@@ -399,3 +399,61 @@ def test_truncated_or_corrupt_gzip_is_an_input_error(tmp_path, damage):
         assert str(path) in str(err) and ("truncated" in str(err) or "Cannot read" in str(err))
     else:
         pytest.fail("a damaged BOLD was read without error")
+
+
+def test_all_na_confound_column_is_named(tmp_path):
+    """A regressor the strategy uses that is all n/a: named, not a CubicSpline ValueError."""
+    files = write_subject(tmp_path, fd_spikes=(30,))
+    table = pd.read_csv(files.runs[0].confounds, sep="\t")
+    table["csf"] = np.nan
+    table.drop(columns=[c for c in table if c.startswith("csf_")]).to_csv(
+        files.runs[0].confounds, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(MsnetInputError, match=r"'csf' is n/a in all 80 rows") as err:
+        clean_subject(files, {}, NO_QC)
+    assert "confounds_timeseries.tsv" in str(err.value)
+    assert clean_subject(files, {"wm_csf": None}, NO_QC).data is not None  # not used: fine
+
+
+def test_compcor_without_json_sidecar_names_the_sidecar(tmp_path):
+    files = write_subject(tmp_path)
+    table = pd.read_csv(files.runs[0].confounds, sep="\t")
+    for k in range(3):
+        table[f"a_comp_cor_{k:02d}"] = np.random.default_rng(k).normal(size=len(table))
+    table.to_csv(files.runs[0].confounds, sep="\t", index=False, na_rep="n/a")
+    sidecar = files.runs[0].confounds.with_suffix(".json")
+    assert not sidecar.exists()
+    for options in ({"compcor": "anat_combined"}, {"strategy": "compcor"}):
+        with pytest.raises(MsnetInputError, match="JSON sidecar .* is missing") as err:
+            clean_subject(files, options, NO_QC)
+        assert str(sidecar) in str(err.value) and "fMRIPrep >=" not in str(err.value)
+
+
+def test_fd_na_mid_run_is_recomputed_from_motion(tmp_path):
+    """FD n/a after the first row (a damaged table) is recomputed from trans/rot, recorded."""
+    from msnet.qc import framewise_displacement
+
+    files = write_subject(tmp_path)
+    table = pd.read_csv(files.runs[0].confounds, sep="\t")
+    table.loc[[20, 21, 50], "framewise_displacement"] = np.nan
+    table.to_csv(files.runs[0].confounds, sep="\t", index=False, na_rep="n/a")
+    result = clean_subject(files, {}, NO_QC)
+    run = result.qc["runs"][0]
+    assert run["fd_na_volumes"] == [20, 21, 50] and result.qc["fd_source"] == "nipype"
+    fd = framewise_displacement(table[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]]
+                                .to_numpy())
+    assert result.qc["mean_fd"] == pytest.approx(np.nanmean(fd[1:]))
+    table.loc[[20], "trans_x"] = np.nan  # and the motion parameters too: a clear error
+    table.to_csv(files.runs[0].confounds, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(MsnetInputError, match="motion parameters are n/a at volume"):
+        clean_subject(files, {}, NO_QC)
+
+
+def test_too_short_run_reports_what_was_censored(tmp_path):
+    """30 volumes: unprocessable because of the filter, not 100 % censored."""
+    files = write_subject(tmp_path, n=30)
+    result = clean_subject(files, {}, {})
+    qc = result.qc
+    assert result.data is None and qc["include"] is False
+    assert qc["n_kept"] == 29 and qc["pct_censored"] == 0.0  # 1 dummy volume, nothing censored
+    assert qc["minutes_usable"] == 0.0 and qc["runs"][0]["usable"] is False
+    assert "Butterworth filter needs more than" in qc["exclusion_reason"]
