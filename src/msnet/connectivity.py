@@ -7,7 +7,8 @@ voxels are not in the analysis mask, so they never enter a time course, a sphere
 Outputs per subject (names from the caller's ``out_paths``):
 
 * four dual-regression stage-2 maps (DMN, SMN, VN, SN), float32 NIfTI on the analysis grid,
-  0 outside the analysis mask; see :func:`dual_regression` for the statistic they hold;
+  0 outside the analysis mask, NaN at voxels without signal (constant BOLD); see
+  :func:`dual_regression` for the statistic they hold;
 * Seitzman-300 sphere time series and their Fisher-z correlation matrix (TSV), each with a
   BIDS-style JSON sidecar (same name, ``.json``) describing every ROI column: MNI coordinate,
   network, sphere size and whether the sphere was empty and fell back to the nearest voxel;
@@ -16,8 +17,10 @@ Outputs per subject (names from the caller's ``out_paths``):
 * the QC JSON: denoising's QC extended with ``dr_template_r`` (spatial correlation of each
   stage-2 map with its template), ``dr_vif`` (variance inflation of each network's stage-2
   coefficient, see :func:`design_vif`; above ``max_vif`` the subject is excluded),
-  ``dr_n_flat_voxels``, ``roi_fallback`` / ``roi_missing`` (ROI names), ``seed_n_voxels``
-  (with seed maps), ``study_id`` and ``connectivity`` (options used). Written last, so its
+  ``dr_n_flat_voxels`` (voxels whose cleaned series is constant; they and the voxels whose
+  raw BOLD is constant, ``n_flat_voxels`` from denoising, are NaN in the maps),
+  ``roi_fallback`` / ``roi_missing`` (ROI names), ``seed_n_voxels`` (with seed maps),
+  ``study_id`` and ``connectivity`` (options used). Written last, so its
   presence means every other output of the subject is complete. Non-finite numbers are
   written as ``null``.
 
@@ -706,7 +709,8 @@ def subject_connectivity(cleaned, options: dict | None = None) -> SubjectConnect
         logger.info("templates over %d voxels (%.1f s)", templates.shape[1],
                     time.perf_counter() - t0)
         result = _connectivity(data, mask_img, templates, rois, opts, qc,
-                               getattr(cleaned, "voxel_mean", None))
+                               getattr(cleaned, "voxel_mean", None),
+                               getattr(cleaned, "flat_voxels", None))
     result.tr, result.sample_mask = cleaned.tr, getattr(cleaned, "sample_mask", None)
     result.qc["connectivity"] = dict(opts)
     return result
@@ -721,7 +725,8 @@ def _unprocessable_reason(data, n_networks: int) -> str | None:
     return None
 
 
-def _connectivity(data, mask_img, templates, rois, opts, qc, voxel_mean=None) -> SubjectConnectivity:
+def _connectivity(data, mask_img, templates, rois, opts, qc, voxel_mean=None,
+                  flat=None) -> SubjectConnectivity:
     t0 = time.perf_counter()
     if opts["stage2_units"] == "psc" and voxel_mean is None:
         raise MsnetInputError("connectivity.stage2_units is 'psc' but the cleaned data carry no "
@@ -732,7 +737,11 @@ def _connectivity(data, mask_img, templates, rois, opts, qc, voxel_mean=None) ->
         net: spatial_correlation(maps[k], templates[k]) for k, net in enumerate(ANALYSIS_NETWORKS)
     }
     qc["dr_vif"] = dict(zip(ANALYSIS_NETWORKS, design_vif(timecourses).tolist()))
-    qc["dr_n_flat_voxels"] = int(np.count_nonzero(flat_voxels(data)))
+    no_signal = flat_voxels(data)
+    qc["dr_n_flat_voxels"] = int(np.count_nonzero(no_signal))
+    if flat is not None:  # raw BOLD constant there (msnet.denoise): smoothing only leaks
+        no_signal |= np.asarray(flat, bool)  # neighbours in, and its psc scale is meaningless
+    maps[:, no_signal] = np.nan  # not a value: left out downstream (msnet.group)
     logger.info("dual regression: %s x %s (%.2f s); template r %s; VIF %s", *data.shape,
                 time.perf_counter() - t0,
                 {k: round(v, 2) for k, v in qc["dr_template_r"].items()},
@@ -756,6 +765,8 @@ def _connectivity(data, mask_img, templates, rois, opts, qc, voxel_mean=None) ->
             max_fallback_mm=opts["roi_max_fallback_mm"],
         )
         qc["seed_n_voxels"] = dict(zip(seed_info["network"], seed_info["n_voxels"]))
+        for values in seeds.values():
+            values[no_signal] = np.nan
     logger.info("ROI and network connectivity done (%.2f s)", time.perf_counter() - t0)
     return SubjectConnectivity(
         mask_img, dict(zip(ANALYSIS_NETWORKS, maps)), series, info, z, networks, seeds, qc

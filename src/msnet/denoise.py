@@ -109,6 +109,11 @@ class CleanedBold:
     voxel_mean : numpy.ndarray or None
         (n_voxels,) mean of the smoothed signal over the post-dummy volumes before cleaning
         (averaged over runs), for scaling to percent signal change; None when unprocessable.
+    flat_voxels : numpy.ndarray or None
+        (n_voxels,) bool over the analysis voxels: the raw (unsmoothed) BOLD is constant over
+        the post-dummy volumes there (no signal: dropout, zero-filled or damaged data). Their
+        connectivity maps are NaN (:mod:`msnet.connectivity`), so they never enter group
+        statistics as values; ``qc`` records their number and percentage.
     """
 
     data: np.ndarray | None
@@ -118,6 +123,7 @@ class CleanedBold:
     qc: dict
     lesion_mask: np.ndarray | None = None
     voxel_mean: np.ndarray | None = None
+    flat_voxels: np.ndarray | None = None
 
 
 class _Unprocessable(Exception):
@@ -818,7 +824,8 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
         results[-1].sample_mask += offset
         offset += img.shape[3]
     qc = _subject_qc(files, results, grid, opts, qopts)
-    cleaned = [r.cleaned for r in results if r.cleaned is not None]
+    flat = _flat_analysis_voxels(results, grid)
+    cleaned = [r.cleaned for r in results if r.cleaned is not None and not flat.all()]
     means = [r.mean for r in results if r.cleaned is not None]
     say(f"done: include={qc['include']}" + (f" ({qc['exclusion_reason']})" if qc["exclusion_reason"] else ""))
     return CleanedBold(
@@ -829,6 +836,7 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
         qc=qc,
         lesion_mask=None if grid.lesion is None else grid.lesion[grid.brain],
         voxel_mean=np.mean(means, axis=0) if means else None,
+        flat_voxels=flat,
     )
 
 
@@ -936,6 +944,7 @@ def _subject_qc(files, results, grid, opts, qopts) -> dict:
                           "confounds"),
         tr=float(files.tr),
         n_voxels=int(grid.analysis.sum()),
+        n_flat_voxels=int(_flat_analysis_voxels(results, grid).sum()),
         lesion_voxels=None if lesion is None else int(lesion.sum()),
         lesion_overlap=_lesion_overlap(lesion, grid.image(grid.brain), qopts),
         n_runs=len(results),
@@ -944,12 +953,40 @@ def _subject_qc(files, results, grid, opts, qopts) -> dict:
         denoise=opts,
         qc_thresholds=qopts,
     )
+    qc["pct_flat_voxels"] = 100.0 * qc["n_flat_voxels"] / qc["n_voxels"]
     if all(r.cleaned is None for r in results):
         reasons = "; ".join(f"{Path(i['bold']).name}: {i['excluded_reason']}" for i in infos)
         qc.update(include=False, exclusion_reason=f"data cannot be processed ({reasons})")
+    elif qc["n_flat_voxels"] == qc["n_voxels"]:
+        qc.update(include=False, exclusion_reason=(
+            "no signal: the BOLD is constant over time in every voxel of the brain mask "
+            "(empty or zero-filled image); check the fMRIPrep output of this run"))
     else:
         qc["include"], qc["exclusion_reason"] = qcmod.decide_inclusion(qc, qopts)
     return qc
+
+
+def _flat_brain_voxels(results) -> np.ndarray:
+    """Bool per tSNR voxel (the brain mask, in the on-disk order of :func:`_read_bold`'s
+    sums): the raw BOLD is constant over the post-dummy volumes of every run. Computed from
+    the float64 sums (SD <= 1e-6 of |mean|, as :mod:`msnet.connectivity` judges constancy):
+    a constant series gives a variance of 0 up to rounding, a real one a CV of ~1e-3 or more.
+    """
+    n = sum(r.info["n_volumes"] - r.info["n_dummy"] for r in results)
+    total, total_sq = (sum(r.tsnr_sums[k] for r in results) for k in (0, 1))
+    if not n:
+        return np.ones(np.shape(total), bool)
+    mean = total / n
+    sd = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return ~(sd > 1e-6 * np.abs(mean))
+
+
+def _flat_analysis_voxels(results, grid) -> np.ndarray:
+    """:func:`_flat_brain_voxels` over the analysis voxels, in their (C) order."""
+    flat_f = _flat_brain_voxels(results)
+    vol = np.zeros(grid.brain.size, bool)
+    vol[np.flatnonzero(grid.brain.ravel(order="F"))] = flat_f
+    return vol.reshape(grid.brain.shape, order="F")[grid.analysis]
 
 
 def _na_after_first(table, column: str) -> list:

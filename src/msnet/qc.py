@@ -6,6 +6,9 @@ is the share of those post-dummy volumes removed by scrubbing; tSNR is computed 
 unsmoothed, un-cleaned BOLD (post-dummy), as nipype's ``TSNR`` does (mean / std with
 ``ddof=0``, 0 where std <= 1e-3), and summarised by its median over the brain mask
 (intersection of the runs' masks; lesion voxels included, as MRIQC/fMRIPrep do).
+``pct_flat_voxels`` is the share of analysis-mask voxels whose raw BOLD is constant over the
+post-dummy volumes (no signal); their maps are NaN and a subject above
+``max_pct_flat_voxels`` is excluded.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ DEFAULT_QC_OPTIONS = {
     "max_mean_fd": 0.5,
     "max_pct_censored": 30.0,
     "min_minutes_kept": 4.0,
+    "max_pct_flat_voxels": 5.0,
     "lesion_template_threshold": 0.2,
 }
 """QC options (config section ``qc``); a threshold set to None switches its criterion off."""
@@ -195,8 +199,10 @@ def decide_inclusion(metrics: dict, qc_options=None) -> tuple[bool, str | None]:
         ``minutes_usable`` (minutes kept in the runs that could be cleaned), when given, is
         judged instead of ``minutes_kept``.
     qc_options : dict, optional
-        ``max_mean_fd`` (mm), ``max_pct_censored`` (%), ``min_minutes_kept`` (min);
-        defaults in :data:`DEFAULT_QC_OPTIONS`; None switches a criterion off.
+        ``max_mean_fd`` (mm), ``max_pct_censored`` (%), ``min_minutes_kept`` (min),
+        ``max_pct_flat_voxels`` (% of the analysis mask whose BOLD is constant, judged on
+        ``pct_flat_voxels``); defaults in :data:`DEFAULT_QC_OPTIONS`; None switches a
+        criterion off.
 
     Returns
     -------
@@ -212,6 +218,9 @@ def decide_inclusion(metrics: dict, qc_options=None) -> tuple[bool, str | None]:
          "{v:.1f} % of volumes censored > max_pct_censored {t} %"),
         (minutes, "min_minutes_kept", lambda v, t: v < t,
          "{v:.2f} min of data kept < min_minutes_kept {t} min"),
+        ("pct_flat_voxels", "max_pct_flat_voxels", lambda v, t: v > t,
+         "{v:.1f} % of the analysis-mask voxels have a constant (flat) BOLD signal > "
+         "max_pct_flat_voxels {t} %"),
     )
     reasons = [
         text.format(v=metrics[key], t=opts[opt])

@@ -477,3 +477,38 @@ def test_bad_options_are_reported(options, match):
 
 def test_default_options():
     assert conn.validate_options(None) == conn.DEFAULT_OPTIONS
+
+
+def test_flat_voxels_are_nan_in_subject_maps(mask8, templates8, signals):
+    """Voxels without signal are NaN (not 0) in the stage-2 and seed maps: constant in the
+    cleaned data, or flagged by denoising as constant in the raw BOLD."""
+    _, tmpl = templates8
+    data = planted(signals, tmpl, seed=21)
+    constant = np.zeros(data.shape[1], bool)
+    constant[::7] = True
+    data[:, constant] = 100.0
+    raw_flat = np.zeros_like(constant)
+    raw_flat[3::11] = True  # signal smoothed in from neighbours, but none of its own
+    raw_flat &= ~constant
+    cleaned = fake_cleaned(mask8, data)
+    cleaned.flat_voxels = raw_flat
+    result = conn.subject_connectivity(cleaned, {"seed_maps": True})
+    nan = constant | raw_flat
+    for values in [*result.maps.values(), *result.seed_maps.values()]:
+        assert np.isnan(values[nan]).all() and np.isfinite(values[~nan]).all()
+    assert result.qc["include"] is True and result.qc["dr_n_flat_voxels"] == constant.sum()
+    assert all(np.isfinite(list(result.qc["dr_template_r"].values())))
+
+
+def test_constant_bold_is_no_signal_not_vif(tmp_path):
+    """An all-zero BOLD is excluded as 'no signal' (denoising), not for VIF = inf."""
+    from test_denoise import SHAPE, write_subject
+
+    from msnet.denoise import clean_subject
+
+    files = write_subject(tmp_path, bold_data=np.zeros(SHAPE + (80,)), dtype=np.float32)
+    result = conn.subject_connectivity(clean_subject(files, {}, {}), {})
+    assert result.qc["include"] is False
+    assert result.qc["exclusion_reason"].startswith("no signal") and "VIF" not in \
+        result.qc["exclusion_reason"]
+    assert all(np.isnan(m).all() for m in result.maps.values())

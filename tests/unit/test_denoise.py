@@ -457,3 +457,42 @@ def test_too_short_run_reports_what_was_censored(tmp_path):
     assert qc["n_kept"] == 29 and qc["pct_censored"] == 0.0  # 1 dummy volume, nothing censored
     assert qc["minutes_usable"] == 0.0 and qc["runs"][0]["usable"] is False
     assert "Butterworth filter needs more than" in qc["exclusion_reason"]
+
+
+def _bold_with_flat_region(rng, n, flat):
+    """Varying BOLD with a constant time series in the voxels of ``flat`` (3-D bool)."""
+    data = 600.0 + rng.normal(0, 6, SHAPE + (n,))
+    data[flat] = 600.0
+    return data
+
+
+@pytest.mark.parametrize("fraction, included", [(0.02, True), (0.45, False)])
+def test_flat_voxels_are_counted_located_and_judged(tmp_path, fraction, included):
+    """Voxels whose BOLD is constant: located exactly, counted in QC, judged by
+    qc.max_pct_flat_voxels (default 5 %)."""
+    brain = brain_mask()
+    idx = np.argwhere(brain)
+    flat = np.zeros(SHAPE, bool)
+    chosen = idx[: int(round(fraction * len(idx)))]  # a slab of the mask (lowest x first)
+    flat[tuple(chosen.T)] = True
+    data = _bold_with_flat_region(np.random.default_rng(3), 80, flat)
+    files = write_subject(tmp_path, bold_data=data, dtype=np.float32)
+    result = clean_subject(files, {}, {"min_minutes_kept": None})
+    analysis = np.asarray(result.mask_img.dataobj) > 0
+    np.testing.assert_array_equal(result.flat_voxels, flat[analysis])
+    assert result.qc["n_flat_voxels"] == flat.sum()
+    assert result.qc["pct_flat_voxels"] == pytest.approx(100 * flat.sum() / brain.sum())
+    assert result.qc["include"] is included
+    if not included:
+        assert "max_pct_flat_voxels 5.0 %" in result.qc["exclusion_reason"]
+    assert clean_subject(files, {}, {"min_minutes_kept": None, "max_pct_flat_voxels": None}
+                         ).qc["include"] is True
+
+
+@pytest.mark.parametrize("value", [0.0, 250.0])
+def test_constant_bold_is_excluded_as_no_signal(tmp_path, value):
+    files = write_subject(tmp_path, bold_data=np.full(SHAPE + (80,), value), dtype=np.float32)
+    result = clean_subject(files, {}, {})
+    assert result.data is None and result.qc["include"] is False
+    assert result.qc["exclusion_reason"].startswith("no signal")
+    assert result.qc["pct_flat_voxels"] == 100.0
