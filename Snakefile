@@ -21,7 +21,11 @@ try:
     for _path in workflow.configfiles:  # keys given twice, as `msnet validate` refuses them
         read_config_file(_path)
     config.update(validate_config(config, source="config (config.yaml + --config overrides)"))
-    PLAN = build_plan(config)
+    # Real data: every subject's file headers are checked here, in parallel, before any job
+    # (msnet.io.preflight); subjects unchanged since they passed are cached in .snakemake/.
+    # A job that re-parses this file in its own process (SLURM) skips it: checked already.
+    PLAN = build_plan(config, preflight=workflow.is_main_process,
+                      cache=".snakemake/msnet/preflight_passed.json")
 except MsnetInputError as exc:
     raise WorkflowError(f"msnet: invalid input.\n{exc}") from None
 
@@ -36,6 +40,12 @@ include: "workflow/rules/group.smk"
 include: "workflow/rules/clinical.smk"
 include: "workflow/rules/meta.smk"
 include: "workflow/rules/report.smk"
+
+
+# Bookkeeping rules (a few ms of work each) run on the submitting host, not as cluster jobs.
+localrules: all, meta_vs_mega, record_excluded_inputs
+if SIMULATE:
+    localrules: simulate
 
 
 rule all:

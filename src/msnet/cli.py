@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from msnet.errors import MsnetInputError
@@ -20,11 +21,16 @@ def _cmd_validate(args) -> int:
     from msnet.io.plan import build_plan
 
     config = load_config(args.config)
+    start = time.perf_counter()
     plan = build_plan(config)
     groups = plan.subjects.groupby("group").size()
+    checked = (f" Tables and the file headers of {len(plan.subjects)} subjects checked in "
+               f"{time.perf_counter() - start:.1f} s."
+               if config["data"]["mode"] == "fmriprep" else "")
     print(f"{args.config}: valid. {len(plan.studies)} studies, "
           f"{groups.get('MS', 0)} MS and {groups.get('HC', 0)} HC subjects"
-          + (f", {len(plan.excluded)} inputs excluded (see below)." if len(plan.excluded) else "."))
+          + (f", {len(plan.excluded)} inputs excluded (see below)." if len(plan.excluded) else ".")
+          + checked)
     for row in plan.excluded.to_dict("records"):
         print(f"  excluded: study {row['study_id']} {row['participant_id']}: {row['reason']}")
     return 0
@@ -64,7 +70,7 @@ def _cmd_subject(args) -> int:
     from msnet.io.plan import build_plan, subject_outputs
 
     config = load_config(args.config)
-    plan = build_plan(config)
+    plan = build_plan(config, preflight=False)  # the job checks this subject's files itself
     pid = args.participant if args.participant.startswith("sub-") else f"sub-{args.participant}"
     rows = plan.subjects[(plan.subjects["study_id"] == args.study)
                          & (plan.subjects["participant_id"] == pid)]

@@ -48,7 +48,14 @@ import numpy as np
 from msnet import ANALYSIS_NETWORKS
 from msnet import qc as qcmod
 from msnet.errors import MsnetInputError
-from msnet.io.fmriprep import MOTION_COLUMNS, SubjectFiles, read_confounds
+from msnet.io.fmriprep import (
+    MOTION_COLUMNS,
+    SubjectFiles,
+    open_bold,
+    open_lesion_mask,
+    open_mask,
+    read_confounds,
+)
 
 PRESET_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma")
 """nilearn ``load_confounds_strategy`` presets, used with nilearn's preset parameters."""
@@ -308,6 +315,120 @@ def _check_finite_confounds(conf, table, opts: dict, source: Path) -> None:
     )
 
 
+NILEARN_PRESETS = {
+    "simple": {"strategy": ("high_pass", "motion", "wm_csf"), "motion": "full", "wm_csf": "basic"},
+    "scrubbing": {"strategy": ("high_pass", "motion", "wm_csf", "scrub"), "motion": "full",
+                  "wm_csf": "full", "scrub": 5, "fd_threshold": 0.5, "std_dvars_threshold": 1.5},
+    "compcor": {"strategy": ("high_pass", "motion", "compcor"), "motion": "full",
+                "n_compcor": "all", "compcor": "anat_combined"},
+    "ica_aroma": {"strategy": ("high_pass", "wm_csf", "ica_aroma"), "wm_csf": "basic",
+                  "ica_aroma": "full"},
+}
+"""The confound parameters of nilearn's ``load_confounds_strategy`` presets (nilearn 0.13;
+the tests check them against nilearn's own table)."""
+
+_COMPCOR_PREFIXES = {"temporal_anat_combined": "ta", "temporal_anat_separated": "tawc",
+                     "temporal": "t", "anat_combined": "a", "anat_separated": "awc"}
+_SUFFIXES = {"basic": (), "derivatives": ("derivative1",), "power2": ("power2",),
+             "full": ("derivative1", "power2", "derivative1_power2")}
+
+
+def load_confounds_kwargs(opts: dict) -> dict:
+    """The confound selection of resolved denoise options, as ``load_confounds`` arguments."""
+    if opts["strategy"] == "custom":
+        return _custom_load_kwargs(opts)
+    return dict(NILEARN_PRESETS[opts["strategy"]])
+
+
+def check_confounds_columns(columns, meta, opts: dict, source) -> None:
+    """Check that a confounds table has every column the denoise strategy selects.
+
+    The same rules as nilearn's ``load_confounds`` (which :func:`select_confounds` then runs),
+    applied to the column names alone: the preflight (:mod:`msnet.io.preflight`) checks
+    thousands of tables from their header line, and importing nilearn's fMRIPrep interface
+    costs seconds (it pulls in scikit-learn). Columns msnet fills in itself count as present:
+    the derivative/power expansions (:func:`msnet.io.fmriprep.read_confounds`), and
+    ``framewise_displacement``/``dvars``/``std_dvars`` (computed from the motion parameters and
+    the data). Unlike nilearn, a partial set (``csf`` without ``white_matter``) is reported
+    here rather than failing inside pandas with a KeyError.
+
+    Parameters
+    ----------
+    columns : iterable of str
+        Harmonised column names of the table.
+    meta : dict or None
+        Its JSON sidecar (CompCor metadata).
+    opts : dict
+        Resolved denoise options.
+    source : str or Path
+        The table, for the message.
+
+    Raises
+    ------
+    MsnetInputError
+        Naming the table, the strategy and every missing column or component.
+    """
+    from msnet.io.fmriprep import EXPANDABLE_COLUMNS
+
+    _check_compcor_sidecar(meta, opts, source)
+    kwargs = load_confounds_kwargs(opts)
+    have = set(columns) | {"framewise_displacement", "dvars", "std_dvars"}
+    have |= {f"{c}_{suffix}" for c in EXPANDABLE_COLUMNS if c in have for suffix in _SUFFIXES["full"]}
+    missing = []
+
+    def need(params, keyword):
+        absent = [p for p in params if p not in have]
+        if params and len(absent) < len(params):
+            missing.extend(absent)
+        elif absent or not params:
+            missing.append(f"the {keyword} regressors ({', '.join(params) or 'none selected'})")
+
+    for component in kwargs["strategy"]:
+        if component in ("motion", "wm_csf", "global_signal"):
+            base = {"motion": list(MOTION_COLUMNS), "wm_csf": ["csf", "white_matter"],
+                    "global_signal": ["global_signal"]}[component]
+            need(base + [f"{b}_{x}" for x in _SUFFIXES[kwargs[component]] for b in base], component)
+        elif component == "compcor":
+            columns_meta, problem = _compcor_columns(meta or {}, kwargs["compcor"], kwargs["n_compcor"])
+            if problem:
+                missing.append(problem)
+            elif not columns_meta:
+                missing.append(f"the {kwargs['compcor']} CompCor components (the confounds JSON "
+                               "sidecar lists none" + ("" if meta else "; it is missing") + ")")
+            else:
+                need(columns_meta, "compcor")
+        elif component == "ica_aroma" and kwargs.get("ica_aroma") == "basic":
+            if not any("aroma" in c for c in have):
+                missing.append("the ICA-AROMA regressors (aroma_motion_*)")
+    if missing:
+        raise MsnetInputError(
+            f"Confounds table {source} lacks what denoise strategy {opts['strategy']!r} needs: "
+            f"{'; '.join(missing)}. Pick a strategy/option the table supports (e.g. compcor "
+            "needs fMRIPrep >= 1.4 and its confounds JSON sidecar), or copy the complete table."
+        )
+
+
+def _compcor_columns(meta: dict, compcor: str, n_compcor) -> tuple[list, str | None]:
+    """The CompCor columns nilearn's ``find_compcor`` selects from the confounds JSON."""
+    parts = compcor.split("_")
+    masks = {"combined": ["combined"], "separated": ["WM", "CSF"]}.get(parts[-1]) if len(parts) > 1 else None
+    selected = []
+    for prefix in _COMPCOR_PREFIXES[compcor]:
+        n_all = sum(f"{prefix}_comp_cor" in key for key in meta)
+        names = [f"{prefix}_comp_cor_{i:02d}" for i in range(n_all)]
+        groups = [names]
+        if prefix == "a":
+            lacking = [n for n in names if not isinstance(meta.get(n), dict)
+                       or not isinstance(meta[n].get("Mask"), str)]
+            if lacking:
+                return [], (f"the Mask of {lacking[0]} in the confounds JSON sidecar (its "
+                            "a_comp_cor entries must be numbered from 00 with a Mask each)")
+            groups = [[n for n in names if meta[n]["Mask"] in mask] for mask in masks]
+        for group in groups:
+            selected += group if n_compcor == "all" or n_compcor >= len(group) else group[:n_compcor]
+    return selected, None
+
+
 def _dummy_count(table) -> int:
     cols = [c for c in table.columns if c.startswith("non_steady_state_outlier")]
     return int((table[cols].fillna(0).to_numpy().sum(axis=1) > 0).sum()) if cols else 0
@@ -477,6 +598,12 @@ def _apply_operator(operator: np.ndarray, data: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------- images
 
 
+def bold_for_strategy(run, opts) -> Path:
+    """The BOLD file a strategy denoises: ``desc-preproc``, or for ``ica_aroma`` fMRIPrep's
+    ``desc-smoothAROMAnonaggr`` output (which must exist)."""
+    return _bold_path(run, opts)
+
+
 def _bold_path(run, opts) -> Path:
     if opts["strategy"] != "ica_aroma":
         return Path(run.bold)
@@ -491,39 +618,11 @@ def _bold_path(run, opts) -> Path:
 
 def _bold_image(path: Path):
     """Open a BOLD lazily (header only) and check it is a 4-D NIfTI time series."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-    except Exception as exc:  # nibabel raises many types for unreadable files
-        raise MsnetInputError(f"Cannot read {path} as NIfTI: {exc}") from exc
-    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
-        raise MsnetInputError(f"{path}: expected a NIfTI image, got {type(img).__name__}.")
-    shape = img.shape
-    if len(shape) != 4 or shape[3] < 2:
-        raise MsnetInputError(
-            f"{path} has shape {shape}: a BOLD run must be a 4-D time series with at least two volumes."
-        )
-    return img
+    return open_bold(path)
 
 
 def _load_mask(path: Path, shape, affine, bold: Path) -> np.ndarray:
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-    except Exception as exc:  # nibabel raises many types for unreadable files
-        raise MsnetInputError(f"Cannot read brain mask {path}: {exc}") from exc
-    if img.shape[:3] != tuple(shape) or len(img.shape) > 3 and img.shape[3] != 1:
-        raise MsnetInputError(
-            f"Brain mask {path} (shape {img.shape}) and BOLD {bold} (shape {tuple(shape)}) are on "
-            "different grids; use the mask fMRIPrep wrote for this BOLD and space."
-        )
-    if not np.allclose(img.affine, affine, atol=1e-3):
-        raise MsnetInputError(
-            f"Brain mask {path} and BOLD {bold} have different affines (different grids); "
-            "use the mask fMRIPrep wrote for this BOLD and space."
-        )
+    img = open_mask(path, shape, affine, bold)  # the header checks the preflight also runs
     mask = np.asarray(img.dataobj).reshape(shape) > 0
     if not mask.any():
         raise MsnetInputError(f"Brain mask {path} is empty.")
@@ -532,26 +631,13 @@ def _load_mask(path: Path, shape, affine, bold: Path) -> np.ndarray:
 
 def _load_lesion(lesion_mask, mask_img) -> np.ndarray | None:
     """Lesion mask (path or image) as a 3-D bool array on the brain-mask grid."""
-    import nibabel as nib
-
     if not hasattr(lesion_mask, "shape"):  # a path; None, NaN or "n/a" from a table: no mask
         from msnet.io.plan import optional_path
 
         lesion_mask = optional_path(lesion_mask)
     if lesion_mask is None:
         return None
-    name = lesion_mask if isinstance(lesion_mask, (str, Path)) else "the lesion mask image"
-    try:
-        img = nib.load(lesion_mask) if isinstance(lesion_mask, (str, Path)) else lesion_mask
-    except Exception as exc:  # nibabel raises many types for unreadable files
-        raise MsnetInputError(f"Cannot read lesion mask {name}: {exc}") from exc
-    if (img.shape[:3] != mask_img.shape or np.prod(img.shape[3:], dtype=int) != 1
-            or not np.allclose(img.affine, mask_img.affine, atol=1e-3)):
-        raise MsnetInputError(
-            f"Lesion mask {name} (shape {img.shape}) is not on the BOLD grid "
-            f"(shape {mask_img.shape}); resample it to the fMRIPrep output space with nearest-neighbour "
-            "interpolation (e.g. antsApplyTransforms -n NearestNeighbor)."
-        )
+    img = open_lesion_mask(lesion_mask, mask_img.shape, mask_img.affine)
     return np.asarray(img.dataobj).reshape(mask_img.shape) > 0
 
 
@@ -817,6 +903,8 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
     images = [_bold_image(path) for path in bolds]
     grid = _subject_grid(files.participant_id, runs, bolds, images, lesion_mask)
     tables = [read_confounds(run.confounds, n_volumes=img.shape[3]) for run, img in zip(runs, images)]
+    for run, (table, meta) in zip(runs, tables):  # before the BOLD is read; as the preflight does
+        check_confounds_columns(table.columns, meta, opts, run.confounds)
     results, offset = [], 0
     for run, path, img, (table, meta), run_mask in zip(runs, bolds, images, tables, grid.run_masks):
         results.append(_clean_run(run, path, img, table, meta, run_mask, grid.brain, grid.analysis, opts,

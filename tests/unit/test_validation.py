@@ -33,7 +33,9 @@ def _touch_subject(root: Path, pid: str):
     bold.to_filename(func / f"{stem}_desc-preproc_bold.nii.gz")
     nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), np.eye(4)).to_filename(
         func / f"{stem}_desc-brain_mask.nii.gz")
-    (func / f"{pid}_task-rest_desc-confounds_timeseries.tsv").write_text("trans_x\n0\n0\n0\n0\n")
+    columns = "trans_x\ttrans_y\ttrans_z\trot_x\trot_y\trot_z\tcsf\twhite_matter"
+    (func / f"{pid}_task-rest_desc-confounds_timeseries.tsv").write_text(
+        columns + "\n" + "0\t0\t0\t0\t0\t0\t0\t0\n" * 4)
     (func / f"{stem}_desc-preproc_bold.json").write_text('{"RepetitionTime": 2.0}')
 
 

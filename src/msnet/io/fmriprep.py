@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from msnet.errors import MsnetInputError
+from msnet.errors import MsnetInputError, MsnetInputErrors
 
 LEGACY_CONFOUND_COLUMNS = {
     "X": "trans_x",
@@ -87,7 +87,7 @@ class SubjectFiles:
 
     participant_id: str
     runs: tuple[RunFiles, ...]
-    tr: float
+    tr: float | None  # None when found without reading headers (the plan's fast path)
 
 
 class _NoSubjectData(MsnetInputError):
@@ -236,13 +236,15 @@ def _run_files(bold: Path) -> RunFiles:
     )
 
 
-def read_tr(run: RunFiles) -> float:
+def read_tr(run: RunFiles, header=None) -> float:
     """Return the repetition time (s) of a run, cross-checked between sidecar and header.
 
     Parameters
     ----------
     run : RunFiles
         The run; ``run.sidecar`` may be None.
+    header : nibabel header, optional
+        The BOLD's header when the caller has already read it (the preflight does).
 
     Returns
     -------
@@ -260,7 +262,7 @@ def read_tr(run: RunFiles) -> float:
 
     header_tr = None
     try:
-        hdr = nib.load(run.bold).header
+        hdr = nib.load(run.bold).header if header is None else header
     except Exception as exc:  # nibabel raises many types for unreadable files
         raise MsnetInputError(f"Cannot read the NIfTI header of {run.bold}: {exc}") from exc
     zooms = hdr.get_zooms()
@@ -295,6 +297,180 @@ def read_tr(run: RunFiles) -> float:
             )
     return sidecar_tr if sidecar_tr is not None else header_tr
 
+# ------------------------------------------------------------------ image headers
+# Header-level checks of the images of a run, shared by the subject job
+# (:func:`msnet.denoise.clean_subject`) and the preflight (:mod:`msnet.io.preflight`): the
+# image is opened lazily by nibabel, no voxel data is read.
+
+
+def _load_image(path, what: str):
+    import nibabel as nib
+
+    try:
+        return nib.load(path)
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise MsnetInputError(
+            f"Cannot read {what} {path} as NIfTI: {exc}. Re-copy it from the fMRIPrep output."
+        ) from None
+
+
+def _check_affine(path, img, what: str) -> None:
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise MsnetInputError(
+            f"{what} {path} has an unusable affine (voxel-to-world matrix not finite or "
+            "singular): its header is damaged. Re-copy it from the fMRIPrep output."
+        )
+
+
+def open_bold(path):
+    """Open a BOLD run lazily (header only) and check it is a 4-D NIfTI time series.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The image; its data is not read.
+
+    Raises
+    ------
+    MsnetInputError
+        Unreadable, not NIfTI, not 4-D with at least two volumes, or a damaged affine.
+    """
+    import nibabel as nib
+
+    img = _load_image(path, "BOLD run")
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise MsnetInputError(f"{path}: expected a NIfTI image, got {type(img).__name__}.")
+    shape = img.shape
+    if len(shape) != 4 or shape[3] < 2:
+        raise MsnetInputError(
+            f"{path} has shape {shape}: a BOLD run must be a 4-D time series with at least two "
+            "volumes. Use fMRIPrep's desc-preproc_bold output."
+        )
+    _check_affine(path, img, "BOLD run")
+    return img
+
+
+def open_mask(path, shape, affine, bold):
+    """Open a brain mask lazily and check it is on its BOLD's grid (shape and affine).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``desc-brain_mask`` image.
+    shape, affine
+        The BOLD's spatial shape (3 values) and affine.
+    bold : str or Path
+        The BOLD, for messages.
+
+    Returns
+    -------
+    nibabel image
+        The mask; its data is not read.
+    """
+    img = _load_image(path, "brain mask")
+    if img.shape[:3] != tuple(shape) or len(img.shape) > 3 and np.prod(img.shape[3:]) != 1:
+        raise MsnetInputError(
+            f"Brain mask {path} (shape {img.shape}) and BOLD {bold} (shape {tuple(shape)}) are on "
+            "different grids; use the mask fMRIPrep wrote for this BOLD and space."
+        )
+    if not np.allclose(img.affine, affine, atol=1e-3):
+        raise MsnetInputError(
+            f"Brain mask {path} and BOLD {bold} have different affines (different grids); "
+            "use the mask fMRIPrep wrote for this BOLD and space."
+        )
+    return img
+
+
+def open_lesion_mask(lesion_mask, shape, affine):
+    """Open a lesion mask (path or image) lazily and check it is on the BOLD grid.
+
+    Returns
+    -------
+    nibabel image
+        The lesion mask; its data is not read.
+    """
+    name = lesion_mask if isinstance(lesion_mask, (str, Path)) else "the lesion mask image"
+    img = _load_image(lesion_mask, "lesion mask") if isinstance(lesion_mask, (str, Path)) else lesion_mask
+    if (img.shape[:3] != tuple(shape) or np.prod(img.shape[3:], dtype=int) != 1
+            or not np.allclose(img.affine, affine, atol=1e-3)):
+        raise MsnetInputError(
+            f"Lesion mask {name} (shape {img.shape}) is not on the BOLD grid "
+            f"(shape {tuple(shape)}); resample it to the fMRIPrep output space with nearest-neighbour "
+            "interpolation (e.g. antsApplyTransforms -n NearestNeighbor)."
+        )
+    return img
+
+
+def check_complete(path, img) -> None:
+    """Check that a NIfTI file holds all the voxel data its header announces, cheaply.
+
+    A ``.nii`` must be at least header + data bytes long. A ``.nii.gz`` ends with the gzip
+    trailer's ISIZE (uncompressed length mod 2**32), 4 bytes read from the end of the file:
+    it must match the header's data offset + data bytes. A truncated copy ends in compressed
+    data, so the match fails (odds of a false match 2**-32); so does a valid file written as
+    several gzip members (``bgzip``) or with trailing bytes, which is why a mismatch is then
+    confirmed by decompressing the stream (seconds, only for such files).
+
+    Raises
+    ------
+    MsnetInputError
+        The file is shorter than its header says (truncated copy) or its gzip stream is corrupt.
+    """
+    path = Path(path)
+    hdr = img.header
+    try:
+        offset = getattr(img.dataobj, "offset", None)  # where nibabel reads the data from
+        offset = int(hdr.get_data_offset() if offset is None else offset)
+        expected = offset + int(np.prod(img.shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
+    except Exception:  # a header nibabel cannot size: left to the job's own read
+        return
+    fix = "Re-copy it from the fMRIPrep output (or rerun fMRIPrep for this subject)."
+    size = path.stat().st_size
+    if not path.name.endswith(".gz"):
+        if size < expected:
+            raise MsnetInputError(f"{path} is truncated: {size} bytes, its header announces "
+                                  f"{expected}. {fix}")
+        return
+    with open(path, "rb") as handle:
+        if size >= 18:
+            handle.seek(size - 4)
+            if int.from_bytes(handle.read(4), "little") == expected % 2**32:
+                return
+    total = _gunzip_length(path, expected)
+    if total < 0:
+        raise MsnetInputError(f"{path} is truncated or corrupt: its gzip stream cannot be read to "
+                              f"its end. {fix}")
+    if total < expected:
+        raise MsnetInputError(f"{path} is truncated: it decompresses to {total} bytes, its header "
+                              f"announces {expected}. {fix}")
+
+
+def _gunzip_length(path: Path, expected: int) -> int:
+    """Decompressed length of a gzip file (stops counting at ``expected``); -1 when corrupt."""
+    import zlib
+
+    from isal import igzip
+
+    errors = (EOFError, OSError, zlib.error)
+    try:
+        from isal.igzip_lib import IsalError
+
+        errors += (IsalError,)
+    except ImportError:  # pragma: no cover - isal is a dependency
+        pass
+    total = 0
+    try:
+        with igzip.open(path, "rb") as stream:
+            while total < expected:
+                chunk = stream.read(16 * 2**20)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except errors:
+        return -1
+    return total
+
 
 def find_subject_files(
     fmriprep_dir,
@@ -302,6 +478,7 @@ def find_subject_files(
     task: str = "rest",
     space: str = "MNI152NLin2009cAsym",
     multi_run: str = "first",
+    read_headers: bool = True,
 ) -> SubjectFiles:
     """Find the BOLD runs, masks, confounds and TR of one participant.
 
@@ -318,6 +495,9 @@ def find_subject_files(
         Without one, a run present at several resolutions is an error.
     multi_run : {"first", "concatenate"}
         Keep only the first run (session, then run number order) or all runs.
+    read_headers : bool
+        Read the TR (:func:`read_tr`). The plan passes False: it only finds the files, and
+        :mod:`msnet.io.preflight` then reads every header in parallel (``tr`` is None).
 
     Returns
     -------
@@ -344,14 +524,20 @@ def find_subject_files(
     if multi_run == "first":
         bolds = bolds[:1]
     runs = tuple(_run_files(b) for b in bolds)
-    trs = [read_tr(r) for r in runs]
+    if not read_headers:
+        return SubjectFiles(participant_id=pid, runs=runs, tr=None)
+    return SubjectFiles(participant_id=pid, runs=runs, tr=common_tr(pid, runs, [read_tr(r) for r in runs]))
+
+
+def common_tr(participant_id: str, runs, trs) -> float:
+    """The one repetition time of a subject's runs; different TRs cannot be concatenated."""
     if not np.allclose(trs, trs[0], rtol=1e-3):
         listing = ", ".join(f"{r.bold.name}: {t} s" for r, t in zip(runs, trs))
         raise MsnetInputError(
-            f"{pid}: runs have different repetition times ({listing}); they cannot be "
-            "concatenated. Use multi_run: first."
+            f"{participant_id}: runs have different repetition times ({listing}); they cannot "
+            "be concatenated. Set data.multi_run: first, or drop the odd run."
         )
-    return SubjectFiles(participant_id=pid, runs=runs, tr=float(trs[0]))
+    return float(trs[0])
 
 
 def find_study_files(
@@ -361,6 +547,7 @@ def find_study_files(
     space: str = "MNI152NLin2009cAsym",
     on_missing: str = "error",
     multi_run: str = "first",
+    read_headers: bool = True,
 ):
     """Find the files of every participant of a study and report mismatches.
 
@@ -370,7 +557,7 @@ def find_study_files(
         fMRIPrep derivatives folder.
     participant_ids : iterable of str
         The ``participant_id`` column of participants.tsv.
-    task, space, multi_run
+    task, space, multi_run, read_headers
         See :func:`find_subject_files`.
     on_missing : {"error", "exclude"}
         What to do with a participant without BOLD data, or with BOLD data of a subject that
@@ -386,24 +573,54 @@ def find_study_files(
 
     Raises
     ------
-    MsnetInputError
+    MsnetInputErrors
         With ``on_missing="error"`` when anything is missing, and always for broken runs
-        (BOLD without mask/confounds, TR problems), which need fixing rather than excluding.
+        (BOLD without mask/confounds, TR problems), which need fixing rather than excluding:
+        every problem of the study, one line each.
+    """
+    found, missing, problems = scan_study_files(fmriprep_dir, participant_ids, task, space,
+                                                on_missing, multi_run, read_headers)
+    if problems:
+        raise MsnetInputErrors(problems, f"the fMRIPrep folder {fmriprep_dir}")
+    return found, missing
+
+
+def scan_study_files(fmriprep_dir, participant_ids, task: str = "rest",
+                     space: str = "MNI152NLin2009cAsym", on_missing: str = "error",
+                     multi_run: str = "first", read_headers: bool = True):
+    """:func:`find_study_files` returning its problems instead of raising them.
+
+    Returns
+    -------
+    found, missing
+        As :func:`find_study_files` (``found`` holds the participants without problems).
+    problems : list of MsnetInputError
+        One per broken participant, and per missing one with ``on_missing="error"``.
     """
     if on_missing not in ("error", "exclude"):
         raise MsnetInputError(f"on_missing must be 'error' or 'exclude', got {on_missing!r}.")
     root = Path(fmriprep_dir)
     ids = [_normalise_participant(p) for p in participant_ids]
-    found, missing = {}, []
+    if not root.is_dir():
+        raise MsnetInputError(f"fMRIPrep folder {root} does not exist (check fmriprep_dir in studies.tsv).")
+    found, missing, problems = {}, [], []
     for pid in ids:
         try:
-            found[pid] = find_subject_files(root, pid, task, space, multi_run)
+            found[pid] = find_subject_files(root, pid, task, space, multi_run, read_headers)
         except _NoSubjectData as exc:
             missing.append({"participant_id": pid, "kind": "no_data", "reason": str(exc)})
+        except MsnetInputError as exc:
+            problems.append(exc)
     known = set(ids)
     for subject_dir in sorted(p for p in root.glob("sub-*") if p.is_dir()):
         pid = subject_dir.name
-        if pid not in known and _find_bold_files(subject_dir, pid, task, space):
+        if pid in known:
+            continue
+        try:
+            has_data = bool(_find_bold_files(subject_dir, pid, task, space))
+        except MsnetInputError:  # ambiguous files of a subject not in the table: it has data
+            has_data = True
+        if has_data:
             missing.append(
                 {
                     "participant_id": pid,
@@ -412,13 +629,9 @@ def find_study_files(
                 }
             )
     if missing and on_missing == "error":
-        lines = "\n  ".join(m["reason"] for m in missing[:20])
-        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise MsnetInputError(
-            f"{len(missing)} participant(s) of {root} lack data or a participants.tsv row:\n  "
-            f"{lines}{more}\nFix the table or set on_missing: exclude to skip them."
-        )
-    return found, missing
+        problems += [MsnetInputError(f"{m['reason']} Fix participants.tsv or the data, or set "
+                                     "data.on_missing: exclude to skip it.") for m in missing]
+    return found, missing, problems
 
 
 def read_confounds(path, n_volumes: int | None = None) -> tuple[pd.DataFrame, dict | None]:
@@ -457,14 +670,78 @@ def read_confounds(path, n_volumes: int | None = None) -> tuple[pd.DataFrame, di
         table = pd.read_csv(path, sep="\t", na_values=["n/a", "N/A"])
     except (OSError, ValueError) as exc:
         raise MsnetInputError(f"Cannot read confounds table {path}: {exc}") from exc
-    if n_volumes is not None and len(table) != n_volumes:
-        raise MsnetInputError(
-            f"Confounds table {path} has {len(table)} rows but the BOLD run has {n_volumes} "
-            "volumes: the table belongs to another run or was truncated."
-        )
+    _check_row_count(path, len(table), n_volumes)
     table, legacy = _harmonise_columns(table, path)
     _check_fmriprep_table(table, path)
     table = pd.concat([table, _expansions(table)], axis=1)
+    return table, _confounds_meta(path, table.columns, legacy)
+
+
+def read_confounds_header(path, n_volumes: int | None = None) -> tuple[list, dict | None]:
+    """Check a confounds table from its header line and row count, without parsing values.
+
+    The cheap half of :func:`read_confounds` (same checks, same messages), for the preflight:
+    the file exists and is not empty, it has ``n_volumes`` data rows, its columns are an
+    fMRIPrep table's (legacy names harmonised) and its JSON sidecar parses. Values (n/a,
+    non-numeric cells) are checked when the subject's job reads the table.
+
+    Parameters
+    ----------
+    path : str or Path
+        The confounds TSV.
+    n_volumes : int, optional
+        Number of BOLD volumes.
+
+    Returns
+    -------
+    columns : list of str
+        Harmonised column names (before :func:`read_confounds` adds the expansions).
+    meta : dict or None
+        The JSON sidecar, as :func:`read_confounds` returns it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MsnetInputError(f"Confounds table {path} does not exist.")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MsnetInputError(f"Cannot read confounds table {path}: {exc}") from None
+    lines = [line for line in raw.split(b"\n") if line.strip(b"\r")]  # pandas skips blank lines
+    if not lines:
+        raise MsnetInputError(f"Cannot read confounds table {path}: the file is empty. Copy the "
+                              "desc-confounds_timeseries.tsv fMRIPrep wrote for this run.")
+    try:
+        columns = _dedupe(lines[0].decode("utf-8").rstrip("\r").split("\t"))
+    except UnicodeDecodeError as exc:
+        raise MsnetInputError(f"Cannot read confounds table {path}: its header is not text "
+                              f"({exc}). Copy the table fMRIPrep wrote for this run.") from None
+    _check_row_count(path, len(lines) - 1, n_volumes)
+    rename, camel = _harmonise_names(columns)
+    columns = [c for c in (rename.get(c, c) for c in columns) if c not in camel]
+    _check_fmriprep_columns(columns, path)
+    return columns, _confounds_meta(path, columns, bool(rename))
+
+
+def _dedupe(columns: list) -> list:
+    """Repeated column names as pandas' ``read_csv`` renames them (``x``, ``x.1``, ...)."""
+    seen, out = {}, []
+    for col in columns:
+        out.append(f"{col}.{seen[col]}" if col in seen else col)
+        seen[col] = seen.get(col, 0) + 1
+    return out
+
+
+def _check_row_count(path: Path, n_rows: int, n_volumes: int | None) -> None:
+    if n_volumes is not None and n_rows != n_volumes:
+        raise MsnetInputError(
+            f"Confounds table {path} has {n_rows} rows but the BOLD run has {n_volumes} "
+            "volumes: the table belongs to another run or was truncated. Copy the table "
+            "fMRIPrep wrote for this run."
+        )
+
+
+def _confounds_meta(path: Path, columns, legacy: bool) -> dict | None:
+    """The confounds table's JSON sidecar (CompCor metadata); synthesised for legacy tables."""
     json_path = path.with_suffix(".json")
     try:
         meta = json.loads(json_path.read_text()) if json_path.is_file() else None
@@ -474,9 +751,9 @@ def read_confounds(path, n_volumes: int | None = None) -> tuple[pd.DataFrame, di
         raise MsnetInputError(f"Confounds JSON sidecar {json_path} must hold a JSON object "
                               "(column name -> metadata), as fMRIPrep writes it.")
     if meta is None and legacy:
-        meta = {c: {"Method": "aCompCor", "Mask": "combined"} for c in table if c.startswith("a_comp_cor_")}
-        meta.update({c: {"Method": "tCompCor"} for c in table if c.startswith("t_comp_cor_")})
-    return table, meta
+        meta = {c: {"Method": "aCompCor", "Mask": "combined"} for c in columns if c.startswith("a_comp_cor_")}
+        meta.update({c: {"Method": "tCompCor"} for c in columns if c.startswith("t_comp_cor_")})
+    return meta
 
 
 def _check_fmriprep_table(table: pd.DataFrame, path: Path) -> None:
@@ -488,10 +765,15 @@ def _check_fmriprep_table(table: pd.DataFrame, path: Path) -> None:
     to mean what the denoising strategy expects (whatever the strategy: FD, scrubbing and the
     QC all rest on them).
     """
-    missing = [c for c in MOTION_COLUMNS if c not in table.columns]
+    _check_fmriprep_columns(list(table.columns), path)
+
+
+def _check_fmriprep_columns(columns: list, path: Path) -> None:
+    """:func:`_check_fmriprep_table` on the (harmonised) column names alone."""
+    missing = [c for c in MOTION_COLUMNS if c not in columns]
     if not missing:
         return
-    found = ", ".join(map(str, table.columns[:12])) + (", ..." if len(table.columns) > 12 else "")
+    found = ", ".join(map(str, columns[:12])) + (", ..." if len(columns) > 12 else "")
     raise MsnetInputError(
         f"Confounds table {path} is not an fMRIPrep confounds table: fMRIPrep (every version) "
         f"writes the six motion parameters {', '.join(MOTION_COLUMNS)} and this table lacks "
@@ -515,19 +797,25 @@ def _expansions(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(extra, index=table.index)
 
 
-def _harmonise_columns(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, bool]:
-    """Rename fMRIPrep 1.0-1.1 columns; drop other camelCase ones. Returns (table, legacy)."""
+def _harmonise_names(columns) -> tuple[dict, list]:
+    """fMRIPrep 1.0-1.1 column renames and the other camelCase columns to drop (by name)."""
     rename = {}
-    for col in table.columns:
+    for col in columns:
         if col in LEGACY_CONFOUND_COLUMNS:
             rename[col] = LEGACY_CONFOUND_COLUMNS[col]
             continue
         match = re.fullmatch(r"([A-Za-z]+?)(\d+)", col)
         if match and match.group(1) in LEGACY_NUMBERED_COLUMNS:
             rename[col] = f"{LEGACY_NUMBERED_COLUMNS[match.group(1)]}{int(match.group(2)):02d}"
-    table = table.rename(columns=rename)
-    camel = [c for c in table.columns if c != c.lower() and c != c.upper() and "_" not in c]
-    table = table.drop(columns=camel)
+    renamed = [rename.get(c, c) for c in columns]
+    camel = [c for c in renamed if c != c.lower() and c != c.upper() and "_" not in c]
+    return rename, camel
+
+
+def _harmonise_columns(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, bool]:
+    """Rename fMRIPrep 1.0-1.1 columns; drop other camelCase ones. Returns (table, legacy)."""
+    rename, camel = _harmonise_names(table.columns)
+    table = table.rename(columns=rename).drop(columns=camel)
     for col in table.columns:
         if not pd.api.types.is_numeric_dtype(table[col]):
             bad = table[col][pd.to_numeric(table[col], errors="coerce").isna() & table[col].notna()]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from msnet.errors import MsnetInputError
+from msnet.errors import MsnetInputError, MsnetInputErrors
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -107,24 +107,36 @@ def optional_path(value) -> str | None:
     return None if value in ("", "n/a", "nan", "None") else value
 
 
-def _fmriprep_plan(config: dict) -> Plan:
-    from msnet.io.fmriprep import find_study_files
+def _fmriprep_plan(config: dict, preflight: bool = True, cache=None) -> Plan:
+    from msnet.io.fmriprep import scan_study_files
     from msnet.io.tables import read_participants, read_studies
 
     data = config["data"]
     studies = read_studies(data["studies_tsv"])
-    rows, excluded = [], []
+    rows, excluded, problems, checks = [], [], [], []
     for study in studies.to_dict("records"):
-        people = read_participants(study["participants_tsv"], study["study_id"])
-        found, missing = find_study_files(
-            study["fmriprep_dir"], list(people["participant_id"]), task=study["task"],
-            space=study["space"], on_missing=data["on_missing"], multi_run=data["multi_run"],
-        )
+        try:
+            people = read_participants(study["participants_tsv"], study["study_id"])
+            found, missing, broken = scan_study_files(
+                study["fmriprep_dir"], list(people["participant_id"]), task=study["task"],
+                space=study["space"], on_missing=data["on_missing"], multi_run=data["multi_run"],
+                read_headers=False,
+            )
+        except MsnetInputError as exc:  # this study's table or folder: the others go on
+            problems.append(exc)
+            continue
+        problems += broken
         excluded += [{"study_id": study["study_id"], **m} for m in missing]
         for person in people.to_dict("records"):
             files = found.get(person["participant_id"])
             if files is None:
                 continue
+            try:
+                lesion = _lesion_path(person, study["participants_tsv"])
+            except MsnetInputError as exc:
+                problems.append(exc)
+                continue
+            checks.append((files, lesion))
             rows.append({
                 "study_id": study["study_id"],
                 "participant_id": person["participant_id"],
@@ -132,8 +144,14 @@ def _fmriprep_plan(config: dict) -> Plan:
                 "bold": [str(r.bold) for r in files.runs],
                 "mask": [str(r.mask) for r in files.runs],
                 "confounds": [str(r.confounds) for r in files.runs],
-                "lesion_mask": _lesion_path(person, study["participants_tsv"]),
+                "lesion_mask": lesion,
             })
+    if preflight:
+        from msnet.io.preflight import check_subjects
+
+        problems += check_subjects(checks, config.get("denoise"), cache=cache)
+    if problems:
+        raise MsnetInputErrors(problems, f"{data['studies_tsv']} and the files it points to")
     if not rows:
         raise MsnetInputError(f"{data['studies_tsv']}: no subject with data was found.")
     return Plan(studies=studies, subjects=_with_labels(pd.DataFrame(rows)),
@@ -153,11 +171,29 @@ def _lesion_path(person: dict, participants_tsv) -> str | None:
     return str(path)
 
 
-def build_plan(config: dict) -> Plan:
-    """Build the plan for a validated config (see :func:`msnet.config.validate_config`)."""
+def build_plan(config: dict, preflight: bool = True, cache=None) -> Plan:
+    """Build the plan for a validated config (see :func:`msnet.config.validate_config`).
+
+    Parameters
+    ----------
+    config : dict
+        The validated config.
+    preflight : bool
+        Real data: also check every subject's files from their headers
+        (:mod:`msnet.io.preflight`). ``msnet validate`` and the Snakefile's main process do;
+        a job re-parsing the workflow does not.
+    cache : str or Path, optional
+        The preflight's cache of subjects that passed (the Snakefile keeps one in
+        ``.snakemake/``).
+
+    Raises
+    ------
+    MsnetInputErrors
+        Every problem found in the tables and files, one line each.
+    """
     if config["data"]["mode"] == "simulate":
         return _simulated_plan(config)
-    return _fmriprep_plan(config)
+    return _fmriprep_plan(config, preflight, cache)
 
 
 def record_excluded_inputs(records, path) -> None:
@@ -207,3 +243,8 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
     if seed_maps:
         paths["seed_maps"] = {n: f"{prefix}_seed-{n}_stat-z_map.nii.gz" for n in ANALYSIS_NETWORKS}
     return paths
+
+
+def study_qc_table(results_dir, study_id: str) -> str:
+    """Path of one study's subject QC table (see :func:`msnet.qc.summarise_study_qc`)."""
+    return f"{results_dir}/subjects/study-{study_id}/study-{study_id}_desc-subjects_qc.tsv"
