@@ -33,9 +33,10 @@ import pandas as pd
 
 from msnet import stats as st
 from msnet.errors import MsnetInputError
-from msnet.group import (NA, analysis_metrics, design_records, exclusion_record,
-                         exclusion_table, finish_table, load_network_masks, load_subjects,
-                         map_sample, metric_sample, permutation_inference, save_maps)
+from msnet.group import (NA, _expand, _restrict, analysis_metrics, complete_voxels,
+                         design_records, exclusion_record, exclusion_table, finish_table,
+                         load_network_masks, load_subjects, map_sample, metric_sample,
+                         permutation_inference, save_maps)
 from msnet.io.atomic import write_tsv
 
 LOG = logging.getLogger(__name__)
@@ -315,17 +316,22 @@ def _voxelwise_variable(data, Y, net, v, mask_img, opts, seed_keys, out_dir):
         n, p = design.with_study_dummies()[0].shape
         reason = _unfit(design, int(opts["min_subjects"])) or (
             f"no residual degrees of freedom (n {n}, {p} parameters)" if n - p < 1 else None)
+    if reason is None:
+        rows = data.index.get_indexer(design.index)
+        keep, vrec = complete_voxels(Y[rows], data.loc[design.index], scope, "pooled")
+        records += vrec
+        reason = None if keep.any() else "no voxel has a value in every subject"
     if reason:
         records.append(exclusion_record("pooled", NA, NA, "study", scope, reason))
         n_vox = int((np.asarray(mask_img.dataobj) > 0).sum())
         values = {name: np.full(n_vox, np.nan) for name in st.inference_map_names(opts)}
         ctab = pd.DataFrame(columns=st.cluster_columns("beta"))
     else:
-        rows = data.index.get_indexer(design.index)
-        res = permutation_inference(Y[rows], design, v, np.asarray(mask_img.dataobj) > 0, opts,
-                                    [int(opts["seed"]), 100 + seed_keys[0], seed_keys[1]])
-        values = st.inference_maps(res)
-        ctab = st.cluster_table(res, mask_img, res.effect, "beta", float(opts["alpha"]))
+        sub_img = _restrict(mask_img, keep)
+        res = permutation_inference(Y[rows][:, keep], design, v, np.asarray(sub_img.dataobj) > 0,
+                                    opts, [int(opts["seed"]), 100 + seed_keys[0], seed_keys[1]])
+        values = _expand(st.inference_maps(res), keep)
+        ctab = st.cluster_table(res, sub_img, res.effect, "beta", float(opts["alpha"]))
     ctab.insert(0, "variable", v)
     ctab.insert(0, "network", net)
     written = save_maps(values, mask_img, prefix)

@@ -18,10 +18,17 @@ tables.
 
 Subjects are matched across files by their folder and ``sub-<label>`` file-name prefix (the
 subject stage writes all of a subject's files into one folder). Nothing degenerate crashes a
-run: subjects failing QC, maps that are all zero or contain NaN inside a network mask, studies
-with fewer than ``min_per_group`` subjects in a group, and covariates missing or constant in a
-study are skipped and recorded (``*_desc-exclusions.tsv`` and the ``status``/``reason``/
-``covariates_dropped`` columns).
+run: subjects failing QC, maps that are all zero, all NaN or hold inf inside a network mask,
+studies with fewer than ``min_per_group`` subjects in a group, and covariates missing or
+constant in a study are skipped and recorded (``*_desc-exclusions.tsv`` and the ``status``/
+``reason``/``covariates_dropped`` columns).
+
+Voxels without signal are NaN in a subject's maps (constant BOLD, see :mod:`msnet.connectivity`),
+never 0. A voxelwise model uses only the voxels where every subject in it has a value (as
+FSL ``randomise`` and SPM do with the intersection of the subjects' masks); the other voxels are
+NaN in its output maps, so the meta-analysis leaves that study out there, and their number and
+the subjects lacking them are recorded (level ``voxels`` in the exclusions table). Subjects with
+many such voxels are excluded at QC (``qc.max_pct_flat_voxels``).
 
 Conventions: group is coded MS = 1, HC = 0, so positive effects mean MS > HC; covariates are
 centred within study, so the intercept is the HC mean at the sample's covariate means.
@@ -218,7 +225,11 @@ def exclusion_table(records) -> pd.DataFrame:
 
 
 def load_masked_maps(paths, mask_img):
-    """Load 3-D maps inside a mask; flag maps that are all zero or not finite there.
+    """Load 3-D maps inside a mask; flag maps that cannot be used there.
+
+    NaN marks a voxel without signal (kept: voxelwise models leave such voxels out, see
+    :func:`complete_voxels`); a map is unusable when it holds inf, has no finite value or is
+    all zero inside the mask.
 
     Parameters
     ----------
@@ -245,10 +256,66 @@ def load_masked_maps(paths, mask_img):
                                   f"grid {mask.shape} (shape or affine). Maps and masks must "
                                   "be on the same analysis grid.")
         Y[i] = np.asarray(img.dataobj, np.float32).reshape(mask.shape)[mask]
-        reasons.append("map has NaN/inf inside the network mask" if not np.isfinite(Y[i]).all()
-                       else "map is all zero inside the network mask" if not Y[i].any()
+        finite = np.isfinite(Y[i])
+        reasons.append("map has inf inside the network mask" if np.isinf(Y[i]).any()
+                       else "map is NaN everywhere inside the network mask (no signal)"
+                       if not finite.any()
+                       else "map is all zero inside the network mask" if not Y[i][finite].any()
                        else None)
     return Y, reasons
+
+
+def complete_voxels(Y, subjects: pd.DataFrame, scope: str, study=NA):
+    """Voxels where every subject of a voxelwise model has a value (finite map value).
+
+    Parameters
+    ----------
+    Y : numpy.ndarray, shape (n, V)
+        The model's subjects' maps (NaN: no signal at that voxel in that subject).
+    subjects : pandas.DataFrame
+        The same n subjects (``participant_id``).
+    scope : str
+        Exclusions-table scope (``map:<net>``...).
+    study : str
+        Exclusions-table study (``pooled`` for pooled models).
+
+    Returns
+    -------
+    keep : numpy.ndarray of bool, shape (V,)
+    records : list of dict
+        One ``voxels``-level exclusion record when voxels are left out.
+    """
+    finite = np.isfinite(Y)
+    keep = finite.all(axis=0)
+    n_out = int(keep.size - keep.sum())
+    if not n_out:
+        return keep, []
+    lacking = [pid for pid, row in zip(subjects["participant_id"], finite) if not row.all()]
+    listed = ", ".join(lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10
+                                        else "")
+    return keep, [exclusion_record(study, NA, NA, "voxels", scope,
+                                   f"{n_out} of {keep.size} voxels left out (NaN in the maps): "
+                                   f"no signal there in {len(lacking)} subject(s): {listed}")]
+
+
+def _expand(values: dict, keep) -> dict:
+    """Maps computed over the ``keep`` voxels, back over all voxels (NaN elsewhere)."""
+    out = {}
+    for name, v in values.items():
+        full = np.full(keep.shape, np.nan)
+        full[keep] = v
+        out[name] = full
+    return out
+
+
+def _restrict(mask_img, keep):
+    """The mask image of the ``keep`` voxels (same grid)."""
+    import nibabel as nib
+
+    mask = np.asarray(mask_img.dataobj) > 0
+    sub = np.zeros(mask.shape, np.uint8)
+    sub[mask] = keep
+    return nib.Nifti1Image(sub, mask_img.affine)
 
 
 # --------------------------------------------------------------------------- network masks
@@ -281,17 +348,18 @@ def network_mask(template_row, maps_all_subjects, template_threshold: float = 0.
     numpy.ndarray of bool, shape (V,)
     """
     template_row = np.asarray(template_row, float)
-    n, s, ss = 0, np.zeros(template_row.shape), np.zeros(template_row.shape)
+    n, s, ss = (np.zeros(template_row.shape) for _ in range(3))
     for row in maps_all_subjects:
         row = np.asarray(row, float)
-        n, s, ss = n + 1, s + row, ss + row * row
+        ok = np.isfinite(row)  # NaN: no signal in this subject's voxel
+        row = np.where(ok, row, 0.0)
+        n, s, ss = n + ok, s + row, ss + row * row
     mask = template_row > template_threshold
-    if n >= 2:
+    with np.errstate(divide="ignore", invalid="ignore"):
         mean = s / n
         sd = np.sqrt(np.maximum(ss - n * mean**2, 0.0) / (n - 1))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(sd > 0, mean / sd * np.sqrt(n), 0.0)
-        mask |= t > t_threshold
+        t = np.where((n >= 2) & (sd > 0), mean / sd * np.sqrt(n), 0.0)
+    mask |= t > t_threshold
     return mask
 
 
@@ -686,7 +754,7 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
     Writes ``study-{id}_desc-MSvsHC_networks.tsv`` (:func:`study_group_effects` columns),
     ``study-{id}_network-{net}_stat-{t,g,varg}_map.nii.gz`` (0 outside the network mask; NaN
     inside when the study is excluded for that network) and ``study-{id}_desc-exclusions.tsv``
-    (columns ``study_id, participant_id, group, level`` (subject/study/covariate), ``scope``
+    (columns ``study_id, participant_id, group, level`` (subject/study/covariate/voxels), ``scope``
     (``all``, ``metric:<name>``, ``map:<net>``), ``reason``).
     """
     opts = st.resolve_options(options, GROUP_DEFAULTS, "group")
@@ -705,13 +773,18 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
                                  min_residual_df=opts["min_residual_df"])
         rec += design_records(design, data, f"map:{net}", study_id)
         reason = _too_small(*_group_counts(design), design, opts["min_per_group"])
+        if not reason:
+            Yd = Y[data.index.get_indexer(design.index)]
+            keep, vrec = complete_voxels(Yd, data.loc[design.index], f"map:{net}", study_id)
+            rec += vrec
+            reason = None if keep.any() else "no voxel has a value in every subject"
         if reason:
             rec.append(exclusion_record(study_id, NA, NA, "study", f"map:{net}", reason))
             n_vox = int((np.asarray(mask_img.dataobj) > 0).sum())
             values = {k: np.full(n_vox, np.nan) for k in ("t", "g", "varg")}
         else:
-            res = voxelwise_group_study(Y[data.index.get_indexer(design.index)], design)
-            values = {k: res[k] for k in ("t", "g", "varg")}
+            res = voxelwise_group_study(Yd[:, keep], design)
+            values = _expand({k: res[k] for k in ("t", "g", "varg")}, keep)
         written += save_maps(values, mask_img, out_dir / f"study-{study_id}_network-{net}")
         records += rec
     paths = {"networks": out_dir / f"study-{study_id}_desc-MSvsHC_networks.tsv",
@@ -777,6 +850,11 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
         n_ms, n_hc = _group_counts(design)
         prefix = out_dir / f"pooled_network-{net}"
         reason = _too_small(n_ms, n_hc, design, opts["min_per_group"])
+        if not reason:
+            Yd = Y[data.index.get_indexer(design.index)]
+            keep, vrec = complete_voxels(Yd, data.loc[design.index], f"map:{net}", "pooled")
+            rec += vrec
+            reason = None if keep.any() else "no voxel has a value in every subject"
         if reason:
             rec.append(exclusion_record("pooled", NA, NA, "study", f"map:{net}", reason))
             n_vox = int((np.asarray(mask_img.dataobj) > 0).sum())
@@ -784,13 +862,14 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
                       for k in [*st.inference_map_names(opts), "g", "varg"]}
             ctab = pd.DataFrame(columns=st.cluster_columns("g"))
         else:
-            res = permutation_inference(Y[data.index.get_indexer(design.index)], design,
-                                        "group_ms", np.asarray(mask_img.dataobj) > 0, opts,
+            sub_img = _restrict(mask_img, keep)
+            res = permutation_inference(Yd[:, keep], design, "group_ms",
+                                        np.asarray(sub_img.dataobj) > 0, opts,
                                         [int(opts["seed"]), k])
             g, var_g = st.hedges_g(res.effect / np.where(res.sigma > 0, res.sigma, np.inf),
                                    n_ms, n_hc)
-            values = {**st.inference_maps(res), "g": g, "varg": var_g}
-            ctab = st.cluster_table(res, mask_img, g, "g", float(opts["alpha"]),
+            values = _expand({**st.inference_maps(res), "g": g, "varg": var_g}, keep)
+            ctab = st.cluster_table(res, sub_img, g, "g", float(opts["alpha"]),
                                     ("MS>HC", "MS<HC"))
         ctab.insert(0, "network", net)
         written += save_maps(values, mask_img, prefix)

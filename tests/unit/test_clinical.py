@@ -160,3 +160,26 @@ def test_clinical_files(tmp_path):
     assert set(scatter.variable) == {"disease_duration", "edss"} and len(scatter) > 0
     excl = pd.read_csv(out["exclusions"], sep="\t", keep_default_na=False)
     assert "QC: excluded" in set(excl.reason)
+
+
+def test_clinical_voxelwise_leaves_out_voxels_without_signal(tmp_path):
+    """An MS subject's NaN (flat) voxels are left out of the voxelwise clinical model, not 0."""
+    rng = np.random.default_rng(8)
+    s = write_study(tmp_path, "A", 14, 4, rng)
+    masks = write_masks(tmp_path)
+    region = np.zeros(SHAPE, bool)
+    region[:2, :3, :2] = True
+    args = ({"A": s["participants"]}, s["qc"], s["networks"])
+    clinical.clinical_pooled(*args, dict(s["maps"]), masks, tmp_path / "ref", OPTS)
+    vol = nib.load(s["maps"]["SMN"][1]).get_fdata(dtype=np.float32)
+    vol[region] = np.nan
+    nib.Nifti1Image(vol, AFFINE).to_filename(s["maps"]["SMN"][1])
+    out = clinical.clinical_pooled(*args, dict(s["maps"]), masks, tmp_path / "flat", OPTS)
+    name = "pooled_network-SMN_var-edss_stat-t_map.nii.gz"
+    t = nib.load(tmp_path / "flat" / name).get_fdata()
+    t_ref = nib.load(tmp_path / "ref" / name).get_fdata()
+    assert np.isnan(t[region]).all()
+    np.testing.assert_allclose(t[~region], t_ref[~region], rtol=1e-5)
+    excl = pd.read_csv(out["exclusions"], sep="\t", keep_default_na=False)
+    assert ((excl.level == "voxels") & excl.scope.str.startswith("map:SMN")
+            & excl.reason.str.contains("sub-A01")).any()

@@ -287,3 +287,52 @@ def test_make_network_masks(tmp_path):
 def test_unknown_option_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         group.compare_groups_study("x", [], [], {}, {}, "A", tmp_path, {"n_perms": 5})
+
+
+def test_flat_voxels_of_one_subject_do_not_bias_the_group_maps(tmp_path):
+    """A subject whose map is NaN (no signal) in a region: that region is left out of the
+    voxelwise models (NaN, recorded), and everywhere else the subject counts as usual. With
+    0 there instead, the subject's zeros would enter the statistics as real values."""
+    rng = np.random.default_rng(11)
+    s = write_study(tmp_path, "A", 8, 7, rng, effect=1.0)
+    masks = write_masks(tmp_path)
+    ref = group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"], masks,
+                                     "A", tmp_path / "ref", OPTS)
+    region = np.zeros(SHAPE, bool)
+    region[2:5, 2:5, 1:3] = True  # around the planted DMN blob
+    flat_subject = s["maps"]["DMN"][0]  # an MS subject
+    vol = nib.load(flat_subject).get_fdata(dtype=np.float32)
+    vol[region] = np.nan
+    nib.Nifti1Image(vol, AFFINE).to_filename(flat_subject)
+    out = group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"], masks,
+                                     "A", tmp_path / "flat", OPTS)
+    for stat in ("t", "g", "varg"):
+        name = f"study-A_network-DMN_stat-{stat}_map.nii.gz"
+        before = nib.load(tmp_path / "ref" / name).get_fdata()
+        after = nib.load(tmp_path / "flat" / name).get_fdata()
+        assert np.isnan(after[region]).all()
+        np.testing.assert_allclose(after[~region], before[~region], rtol=1e-5)  # subject kept
+    excl = pd.read_csv(out["exclusions"], sep="\t", keep_default_na=False)
+    voxels = excl[(excl.level == "voxels") & (excl.scope == "map:DMN")]
+    assert len(voxels) == 1 and f"{region.sum()} of {region.size} voxels" in voxels.reason.iloc[0]
+    assert "sub-A00" in voxels.reason.iloc[0]
+    assert not ((excl.participant_id == "sub-A00") & (excl.scope == "map:DMN")).any()
+
+    # pooled: the same voxels are left out; the t map elsewhere is the complete-data one
+    maps = {net: list(paths) for net, paths in s["maps"].items()}
+    pooled = group.compare_groups_pooled({"A": s["participants"]}, s["qc"], s["networks"], maps,
+                                         masks, tmp_path / "pooled", OPTS)
+    t = nib.load(tmp_path / "pooled" / "pooled_network-DMN_stat-t_map.nii.gz").get_fdata()
+    t_ref = nib.load(tmp_path / "ref" / "study-A_network-DMN_stat-t_map.nii.gz").get_fdata()
+    assert np.isnan(t[region]).all() and np.isfinite(t[~region]).all()
+    np.testing.assert_allclose(np.abs(t[~region]), np.abs(t_ref[~region]), rtol=1e-4)
+    clusters = pd.read_csv(pooled["clusters"][0], sep="\t")
+    assert clusters.empty or set(clusters.columns) >= {"peak_x", "size_vox"}
+
+
+def test_network_mask_ignores_nan_voxels():
+    template = np.zeros(4)
+    maps = np.tile([5.0, 0.0, 5.0, 5.0], (10, 1)) + np.random.default_rng(0).normal(0, 1, (10, 4))
+    maps[0, 2] = np.nan  # one subject without signal at voxel 2: t from the other nine
+    mask = group.network_mask(template, maps, 0.2, 5.0)
+    assert mask.tolist() == [True, False, True, True]
