@@ -18,9 +18,12 @@ from msnet.errors import MsnetInputError
 
 def _cmd_validate(args) -> int:
     from msnet.config import load_config
+    from msnet.io.atomic import check_writable, nearest_existing
     from msnet.io.plan import build_plan
 
     config = load_config(args.config)
+    check_writable([nearest_existing(config["results_dir"])],
+                   f"results folder (results_dir: {config['results_dir']}) or its parent")
     start = time.perf_counter()
     plan = build_plan(config)
     groups = plan.subjects.groupby("group").size()

@@ -894,6 +894,14 @@ def _check_out_paths(out_paths: dict, seed_enabled: bool) -> None:
             )
 
 
+def _all_paths(out_paths: dict) -> list:
+    """Every file path of ``out_paths`` (map dicts flattened), sidecars included."""
+    paths = []
+    for value in out_paths.values():
+        paths += list(value.values()) if isinstance(value, dict) else [value]
+    return paths + [sidecar_path(out_paths[k]) for k in ("timeseries", "relmat")]
+
+
 def write_subject_outputs(result: SubjectConnectivity, out_paths: dict) -> None:
     """Write every output of :func:`subject_connectivity` atomically, the QC JSON last.
 
@@ -969,8 +977,11 @@ def compute_subject_connectivity(
     from msnet.denoise import clean_subject
     from msnet.io.fmriprep import find_subject_files
 
+    from msnet.io.atomic import check_writable
+
     opts = validate_options(connectivity_options)
     _check_out_paths(out_paths, opts["seed_maps"])
+    check_writable(Path(p).parent for p in _all_paths(out_paths))  # before the work, not after
     denoise_options = dict(denoise_options or {})
     if denoise_options.setdefault("multi_run", multi_run) != multi_run:
         raise MsnetInputError(

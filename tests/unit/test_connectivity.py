@@ -512,3 +512,39 @@ def test_constant_bold_is_no_signal_not_vif(tmp_path):
     assert result.qc["exclusion_reason"].startswith("no signal") and "VIF" not in \
         result.qc["exclusion_reason"]
     assert all(np.isnan(m).all() for m in result.maps.values())
+
+
+def test_unwritable_outputs_fail_before_any_work(tmp_path, monkeypatch):
+    """A results folder that cannot be written is reported before denoising starts."""
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the subject was processed although its outputs cannot be written")
+
+    monkeypatch.setitem(sys.modules, "msnet.io.fmriprep",
+                        SimpleNamespace(find_subject_files=must_not_run))
+    monkeypatch.setitem(sys.modules, "msnet.denoise", SimpleNamespace(clean_subject=must_not_run))
+    (tmp_path / "blocked").write_text("a file where the results folder should be")
+    paths = out_paths(tmp_path / "blocked" / "results")
+    with pytest.raises(MsnetInputError, match="Cannot write into the output folder .*blocked"):
+        conn.compute_subject_connectivity("/d", "sub-01", paths)
+
+    import msnet.io.atomic as atomic
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)  # a read-only folder, even as root
+    with pytest.raises(MsnetInputError, match="Permission denied.*nothing was computed"):
+        conn.compute_subject_connectivity("/d", "sub-01", out_paths(tmp_path / "ro"))
+
+
+@pytest.mark.skipif(sys.platform == "win32" or __import__("os").geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_read_only_results_folder(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    results.chmod(0o555)
+    try:
+        with pytest.raises(MsnetInputError, match="Cannot write into"):
+            conn.compute_subject_connectivity("/d", "sub-01", out_paths(results))
+    finally:
+        results.chmod(0o755)

@@ -277,3 +277,13 @@ def test_lesion_mask_column_with_na_rows(tmp_path):
         row = subjects[(subjects["study_id"] == "A") & (subjects["label"] == label)].iloc[0]
         assert row["lesion_mask"] == expected and bool(row["lesion_mask"]) == bool(expected)
     assert [r.lesion_mask for r in subjects.itertuples()][1:] == [None, None, None]
+
+
+def test_cli_validate_reports_an_unwritable_results_dir(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "taken" / "results")}))
+    assert main(["validate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot write into the results folder" in err and "Traceback" not in err
+    assert not (tmp_path / "taken").is_dir()

@@ -83,3 +83,45 @@ def _to_builtin(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
+
+
+def check_writable(folders, what: str = "output folder") -> None:
+    """Check that outputs can be written into each folder, before any work is done.
+
+    Creates each folder (with its parents) and creates and removes a probe file in it, so the
+    check is what the writers will meet (permissions, read-only mounts, a file in the way,
+    quotas), whoever runs it (``os.access`` says yes to root on a read-only mount).
+
+    Parameters
+    ----------
+    folders : iterable of str or Path
+    what : str
+        Word used in the message.
+
+    Raises
+    ------
+    MsnetInputError
+        Naming the folder, the system's reason and the fix.
+    """
+    from msnet.errors import MsnetInputError
+
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".msnet-write-test.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise MsnetInputError(
+                f"Cannot write into the {what} {folder} ({exc.strerror or exc}). Make it "
+                "writable, or set results_dir in the config to a folder you can write to. "
+                "Checked before any work started; nothing was computed."
+            ) from None
+
+
+def nearest_existing(path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent folder."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
