@@ -394,7 +394,7 @@ def check_confounds_columns(columns, meta, opts: dict, source) -> None:
                 missing.append(problem)
             elif not columns_meta:
                 missing.append(f"the {kwargs['compcor']} CompCor components (the confounds JSON "
-                               "sidecar lists none" + ("" if meta else "; it is missing") + ")")
+                               "sidecar lists none)")
             else:
                 need(columns_meta, "compcor")
         elif component == "ica_aroma" and kwargs.get("ica_aroma") == "basic":
