@@ -287,3 +287,16 @@ def test_cli_validate_reports_an_unwritable_results_dir(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Cannot write into the results folder" in err and "Traceback" not in err
     assert not (tmp_path / "taken").is_dir()
+
+
+@pytest.mark.parametrize("section", ["group", "clinical"])
+def test_unknown_covariates_are_refused_at_validation(tmp_path, section):
+    config = _real_data_config(tmp_path)
+    config[section]["covariates"] = ["age", "mean_fd", "educaton"]
+    with pytest.raises(MsnetInputError, match=rf"{section}.covariates: 'educaton' is neither"):
+        build_plan(config)
+    config[section]["covariates"] = ["age", "sex", "edss", "mean_fd", "tsnr_median"]  # known
+    build_plan(config)
+    demo = validate_config({section: {"covariates": ["age", "handedness"]}})
+    with pytest.raises(MsnetInputError, match="'handedness' is neither"):
+        build_plan(demo)

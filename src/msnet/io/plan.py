@@ -65,8 +65,11 @@ def simulated_run_files(fmriprep_dir, participant_id: str, resolution_mm: int) -
 
 
 def _simulated_plan(config: dict) -> Plan:
-    from msnet.simulate import plan_dataset
+    from msnet.simulate import PARTICIPANT_COLUMNS, plan_dataset
 
+    problems = check_covariates(config, {"the simulated participants.tsv": PARTICIPANT_COLUMNS})
+    if problems:
+        raise MsnetInputErrors(problems, "the config")
     sim = config["simulate"]
     root = simulated_dataset_dir(config["results_dir"])
     people = plan_dataset(sim, config["seed"])
@@ -107,16 +110,62 @@ def optional_path(value) -> str | None:
     return None if value in ("", "n/a", "nan", "None") else value
 
 
+QC_COVARIATES = (
+    "mean_fd", "max_fd", "mean_dvars", "mean_std_dvars", "pct_censored", "n_kept",
+    "minutes_kept", "minutes_usable", "tsnr_median", "n_flat_voxels", "pct_flat_voxels",
+    "lesion_voxels",
+)  # fmt: skip
+"""Numeric subject-QC measures usable as covariates (``msnet.group.load_subjects`` adds the
+subject's QC numbers to its participants.tsv row)."""
+
+
+def check_covariates(config: dict, columns: dict) -> list:
+    """Check ``group.covariates`` and ``clinical.covariates`` against the participants tables.
+
+    A covariate must be a column of at least one study's participants.tsv or a subject QC
+    measure (:data:`QC_COVARIATES`). One that exists in some studies only is fine: it is
+    adjusted for where present, and each model records the covariates it used. An unknown
+    name would be dropped at job time while the report still claims the adjustment.
+
+    Parameters
+    ----------
+    config : dict
+        The validated config.
+    columns : dict
+        participants.tsv path -> its column names.
+
+    Returns
+    -------
+    list of MsnetInputError
+        One per unknown name (empty when all are known).
+    """
+    available = set().union(*map(set, columns.values())) if columns else set()
+    known = sorted(available - {"participant_id"})
+    problems = []
+    for section in ("group", "clinical"):
+        for name in config.get(section, {}).get("covariates", []):
+            if name in QC_COVARIATES or name in known:
+                continue
+            tables = ", ".join(map(str, list(columns)[:3])) + (" ..." if len(columns) > 3 else "")
+            problems.append(MsnetInputError(
+                f"config {section}.covariates: '{name}' is neither a column of any "
+                f"participants.tsv ({tables}) nor a subject QC measure, so no model could "
+                f"adjust for it. participants.tsv columns: {', '.join(known)}; QC measures: "
+                f"{', '.join(QC_COVARIATES)}. Fix the name or remove it."))
+    return problems
+
+
 def _fmriprep_plan(config: dict, preflight: bool = True, cache=None) -> Plan:
     from msnet.io.fmriprep import scan_study_files
     from msnet.io.tables import read_participants, read_studies
 
     data = config["data"]
     studies = read_studies(data["studies_tsv"])
-    rows, excluded, problems, checks = [], [], [], []
+    rows, excluded, problems, checks, columns = [], [], [], [], {}
     for study in studies.to_dict("records"):
         try:
             people = read_participants(study["participants_tsv"], study["study_id"])
+            columns[study["participants_tsv"]] = list(people.columns)
             found, missing, broken = scan_study_files(
                 study["fmriprep_dir"], list(people["participant_id"]), task=study["task"],
                 space=study["space"], on_missing=data["on_missing"], multi_run=data["multi_run"],
@@ -146,6 +195,8 @@ def _fmriprep_plan(config: dict, preflight: bool = True, cache=None) -> Plan:
                 "confounds": [str(r.confounds) for r in files.runs],
                 "lesion_mask": lesion,
             })
+    if columns:  # unknown covariate names (only when some participants table was readable)
+        problems += check_covariates(config, columns)
     if preflight:
         from msnet.io.preflight import check_subjects
 
