@@ -413,13 +413,58 @@ _READABLE = {"mean_fd": "mean FD", "disease_duration": "disease duration", "edss
              "duration": "mean disease duration", "pctfemale": "% female"}
 
 
+def _adjusted(used_note) -> str:
+    used, note = used_note
+    return (_names(used) if used else "no covariates") + (f" ({note})" if note else "")
+
+
 def _names(items, prefix="") -> str:
     """Readable, joined variable names (``disease_duration`` -> ``disease duration``)."""
     return _join([prefix + _READABLE.get(i, i) if i not in ("duration", "pctfemale")
                   else _READABLE[i] for i in items])
 
 
-def methods_text(config: dict, versions: dict | None = None) -> str:
+def covariates_in_models(tables, configured) -> tuple[list, str]:
+    """The covariates the fitted models actually adjusted for, from their result tables.
+
+    Parameters
+    ----------
+    tables : list of pandas.DataFrame
+        Result tables with ``covariates`` (comma-joined names of each model's covariates)
+        and ``status`` columns (group or clinical, per study and pooled).
+    configured : list of str
+        The configured covariates (their order is kept).
+
+    Returns
+    -------
+    used : list of str
+        Covariates present in at least one fitted (``status == ok``) model.
+    note : str
+        Empty when every fitted model had every used covariate; else which covariates
+        were missing from how many models.
+    """
+    models = []
+    for table in tables:
+        if table is None or "covariates" not in table or "status" not in table:
+            continue
+        for value in table.loc[table["status"] == "ok", "covariates"]:
+            models.append([c for c in str(value).split(",") if c and c not in ("nan", "n/a")]
+                          if isinstance(value, str) else [])
+    seen = [c for m in models for c in m]
+    used = [c for c in configured if c in seen] + [c for c in dict.fromkeys(seen)
+                                                   if c not in configured]
+    gaps = [f"{_names([c])} was not in {sum(c not in m for m in models)} of {len(models)}"
+            for c in used if any(c not in m for m in models)]
+    never = [c for c in configured if c not in used]
+    notes = ([f"{'; '.join(gaps)} models (missing, constant or too few degrees of freedom "
+              "in a study)"] if gaps else [])
+    if never and models:
+        notes.append(f"{_names(never)} could not be used in any model")
+    return used, "; ".join(notes)
+
+
+def methods_text(config: dict, versions: dict | None = None,
+                 covariates_used: dict | None = None) -> str:
     """Write the methods section from the configuration actually used.
 
     Parameters
@@ -430,6 +475,10 @@ def methods_text(config: dict, versions: dict | None = None) -> str:
         missing sections and keys take the stage modules' defaults.
     versions : dict, optional
         Package -> version (default :func:`software_versions`).
+    covariates_used : dict, optional
+        ``{"group": (used, note), "clinical": (used, note)}`` from
+        :func:`covariates_in_models` on the result tables: the covariates the models actually
+        had (default: the configured ones, when no result tables are at hand).
 
     Returns
     -------
@@ -438,6 +487,7 @@ def methods_text(config: dict, versions: dict | None = None) -> str:
         ``References`` and lists one reference per line.
     """
     config = config or {}
+    covariates_used = covariates_used or {}
     versions = versions or software_versions()
     o = _section_options(config)
     d, q, c, g, cl, m = (o[k] for k in ("denoise", "qc", "connectivity", "group", "clinical",
@@ -477,7 +527,7 @@ def methods_text(config: dict, versions: dict | None = None) -> str:
         "series on the z-scored network time courses, giving maps of partial standardised "
         "coefficients. Within- and between-network connectivity was the mean Fisher z "
         "correlation between the time series of the networks' region spheres.")
-    covs = _names(g["covariates"]) if g["covariates"] else "no covariates"
+    covs = _adjusted(covariates_used.get("group", (g["covariates"], "")))
     paras.append(
         f"Group comparison. In each study, MS and HC were compared with ordinary least squares "
         f"adjusting for {covs}; Hedges' g and its variance (Hedges, 1981) were derived from the "
@@ -486,7 +536,7 @@ def methods_text(config: dict, versions: dict | None = None) -> str:
         "voxelwise within each network's mask, ordinary least squares with study indicators "
         f"and {_inference_text(g)}. Studies with fewer than {g['min_per_group']} subjects in a "
         "group were left out of per-study statistics.")
-    ccov = _names(cl["covariates"]) if cl["covariates"] else "no covariates"
+    ccov = _adjusted(covariates_used.get("clinical", (cl["covariates"], "")))
     paras.append(
         f"Clinical associations. Within MS, connectivity was regressed on "
         f"{_names(cl['variables'])} jointly, adjusting for {ccov} (each variable tested in "
@@ -1023,11 +1073,23 @@ class _Report:
         used = self._denoise_used()
         if used:
             config["denoise"] = used
-        paras = methods_text(config).split("\n\n")
+        paras = methods_text(config, covariates_used=self._covariates_used()).split("\n\n")
         body = "".join(_p(p) for p in paras[:-1])
         refs = paras[-1].split("\n")[1:]
         return body + "<h3>References</h3><ol>" + "".join(
             f"<li>{html.escape(r)}</li>" for r in refs) + "</ol>"
+
+    def _covariates_used(self) -> dict:
+        """Covariates of the fitted group and clinical models, from their result tables."""
+        o = _section_options(self.config)
+        group = [_read(p) for p in (self.inputs.get("group_study_tables") or {}).values()]
+        group.append(_read(self.inputs.get("pooled_table")))
+        clinical = [_read(self.inputs.get("clinical_table"))]
+        out = {}
+        for key, tables in (("group", group), ("clinical", clinical)):
+            if any(t is not None and "covariates" in t for t in tables):
+                out[key] = covariates_in_models(tables, o[key]["covariates"])
+        return out
 
     def _denoise_used(self) -> dict | None:
         """Denoise options recorded in the first QC file (what the subject stage ran)."""

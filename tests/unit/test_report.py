@@ -338,3 +338,32 @@ def test_build_report_without_optional_inputs(tmp_path):
     assert all(f'<h2 id="{sid}">' in empty for sid, _ in SECTIONS)
     assert "Subject QC files: not available" in empty
     assert "<img" not in empty
+
+
+def test_methods_text_lists_only_the_covariates_in_the_models(tmp_path):
+    """Covariates the models dropped (absent, constant, too few df) are not claimed."""
+    from msnet.report import _Report, covariates_in_models, methods_text
+
+    study = pd.DataFrame({"status": ["ok", "ok", "excluded"], "covariates": ["age,sex", "age", ""]})
+    pooled = pd.DataFrame({"status": ["ok"], "covariates": ["age,sex"]})
+    used, note = covariates_in_models([study, pooled], ["age", "sex", "mean_fd"])
+    assert used == ["age", "sex"]
+    assert "sex was not in 1 of 3 models" in note and "mean FD could not be used" in note
+    text = methods_text({}, versions={}, covariates_used={"group": (used, note),
+                                                          "clinical": ([], "")})
+    group = next(p for p in text.split("\n\n") if p.startswith("Group comparison"))
+    assert "adjusting for age and sex (" in group and "mean FD could not" in group
+    clinical = next(p for p in text.split("\n\n") if p.startswith("Clinical associations"))
+    assert "adjusting for no covariates" in clinical
+    # the report reads the covariates from the stage tables it is given
+    write_tsv(study, tmp_path / "study.tsv")
+    write_tsv(pooled, tmp_path / "pooled.tsv")
+    write_tsv(pd.DataFrame({"status": ["ok", "ok"], "covariates": ["age", "age"]}),
+              tmp_path / "clinical.tsv")
+    inputs = {"group_study_tables": {"A": str(tmp_path / "study.tsv")},
+              "pooled_table": str(tmp_path / "pooled.tsv"),
+              "clinical_table": str(tmp_path / "clinical.tsv")}
+    html_text = _Report({}, inputs, tmp_path, tmp_path).methods()
+    assert "adjusting for age and sex (sex was not in 1 of 3 models" in html_text
+    assert "regressed on disease duration, EDSS and T2 lesion volume jointly, adjusting for " \
+           "age (sex could not be used in any model)" in html_text.replace("\n", " ")
