@@ -539,7 +539,8 @@ def cleaning_operator(
         if last - first <= edge:
             raise _Unprocessable(
                 f"only {last - first} volumes from the first to the last kept volume; the "
-                f"Butterworth filter needs more than {edge}"
+                f"Butterworth filter needs more than {edge} (the run is too short to be "
+                "band-pass filtered; denoise.high_pass and low_pass null skip the filter)"
             )
         kept = np.zeros(n_volumes, dtype=bool)
         kept[sample_mask] = True
