@@ -112,11 +112,10 @@ def optional_path(value) -> str | None:
 
 QC_COVARIATES = (
     "mean_fd", "max_fd", "mean_dvars", "mean_std_dvars", "pct_censored", "n_kept",
-    "minutes_kept", "minutes_usable", "tsnr_median", "n_flat_voxels", "pct_flat_voxels",
-    "lesion_voxels",
+    "minutes_kept", "tsnr_median", "lesion_voxels",
 )  # fmt: skip
 """Numeric subject-QC measures usable as covariates (``msnet.group.load_subjects`` adds the
-subject's QC numbers to its participants.tsv row)."""
+subject's QC numbers to its participants.tsv row; these are also in the study QC tables)."""
 
 
 def check_covariates(config: dict, columns: dict) -> list:
