@@ -55,6 +55,7 @@ from msnet.io.fmriprep import (
     open_lesion_mask,
     open_mask,
     read_confounds,
+    read_mask_data,
 )
 
 PRESET_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma")
@@ -624,7 +625,7 @@ def _bold_image(path: Path):
 
 def _load_mask(path: Path, shape, affine, bold: Path) -> np.ndarray:
     img = open_mask(path, shape, affine, bold)  # the header checks the preflight also runs
-    mask = np.asarray(img.dataobj).reshape(shape) > 0
+    mask = read_mask_data(img, path, "Brain mask").reshape(shape) > 0
     if not mask.any():
         raise MsnetInputError(f"Brain mask {path} is empty.")
     return mask
@@ -639,7 +640,7 @@ def _load_lesion(lesion_mask, mask_img) -> np.ndarray | None:
     if lesion_mask is None:
         return None
     img = open_lesion_mask(lesion_mask, mask_img.shape, mask_img.affine)
-    return np.asarray(img.dataobj).reshape(mask_img.shape) > 0
+    return read_mask_data(img, lesion_mask, "Lesion mask").reshape(mask_img.shape) > 0
 
 
 def _smoothing_sigmas(affine, fwhm) -> np.ndarray:

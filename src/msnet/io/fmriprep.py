@@ -402,6 +402,17 @@ def open_lesion_mask(lesion_mask, shape, affine):
     return img
 
 
+def read_mask_data(img, path, what: str) -> np.ndarray:
+    """The voxel data of a mask image; a file that ends early is an input error naming it."""
+    try:
+        return np.asarray(img.dataobj)
+    except Exception as exc:  # EOFError, zlib.error, ... from a truncated or corrupt file
+        raise MsnetInputError(
+            f"{what} {path} is truncated or corrupt ({type(exc).__name__}: {exc}). Re-copy it "
+            "from the fMRIPrep output."
+        ) from None
+
+
 def check_complete(path, img) -> None:
     """Check that a NIfTI file holds all the voxel data its header announces, cheaply.
 
