@@ -501,7 +501,7 @@ def partial_regression(y, X, k: int):
 
 @dataclass
 class ClusterResult:
-    """Observed supra-threshold clusters and their cluster-size FWE p-values.
+    """Observed supra-threshold clusters and their cluster-size and cluster-mass FWE p-values.
 
     Attributes
     ----------
@@ -513,6 +513,11 @@ class ClusterResult:
         Size (voxels), sign (+1/-1) and cluster-size FWE p of each cluster.
     h0_max_size : numpy.ndarray, shape (n_perm,)
         Null distribution of the maximum cluster size.
+    masses, p_fwe_mass : numpy.ndarray, shape (n_clusters,), optional
+        Mass ``sum(|t| - threshold_t)`` over the cluster and its cluster-mass FWE p (as
+        nilearn ``permuted_ols``'s ``mass``).
+    h0_max_mass : numpy.ndarray, shape (n_perm,), optional
+        Null distribution of the maximum cluster mass.
     """
 
     threshold_t: float
@@ -521,6 +526,9 @@ class ClusterResult:
     signs: np.ndarray
     p_fwe: np.ndarray
     h0_max_size: np.ndarray
+    masses: np.ndarray | None = None
+    p_fwe_mass: np.ndarray | None = None
+    h0_max_mass: np.ndarray | None = None
 
 
 @dataclass
@@ -577,6 +585,20 @@ class VoxelGrid:
         self.mask = mask[box]
         self.structure = ndimage.generate_binary_structure(3, connectivity)
         self._vol = np.zeros(self.mask.shape, bool)
+        self._neighbours = None
+
+    @property
+    def neighbours(self) -> np.ndarray:
+        """``(V, k)`` indices of each voxel's in-mask neighbours (-1 outside the mask)."""
+        if self._neighbours is None:
+            offsets = np.argwhere(self.structure) - 1
+            offsets = offsets[np.any(offsets != 0, axis=1)]
+            index = np.full(np.array(self.mask.shape) + 2, -1, np.int64)
+            index[1:-1, 1:-1, 1:-1][self.mask] = np.arange(int(self.mask.sum()))
+            coords = np.argwhere(self.mask) + 1
+            self._neighbours = np.ascontiguousarray(
+                np.stack([index[tuple((coords + o).T)] for o in offsets], axis=1))
+        return self._neighbours
 
     def components(self, supra) -> tuple[np.ndarray, int]:
         """Label connected supra-threshold voxels; return (labels over voxels, count)."""
@@ -598,8 +620,40 @@ class VoxelGrid:
 
     def max_cluster_size(self, t, threshold: float, two_sided: bool) -> int:
         """Return the largest cluster size (either sign when two-sided)."""
-        _, sizes, _ = self.clusters(t, threshold, two_sided)
-        return int(sizes.max()) if sizes.size else 0
+        return int(self.null_maxima(np.asarray(t, float)[None], two_sided, threshold)[0][0])
+
+    def null_maxima(self, T, two_sided: bool, threshold: float | None = None,
+                    tfce: bool = False, E: float = 0.5, H: float = 2.0, n_steps: int = 100):
+        """Largest cluster size and mass and largest |TFCE| of each row of ``T``.
+
+        The same quantities as :meth:`clusters` and ``abs(tfce(t)).max()`` (equal to
+        floating-point rounding), computed by compiled union-find passes
+        (:mod:`msnet._permkernels`) in about a millisecond per map: only the maximum TFCE is
+        needed for the FWE null, and it is reached at the peak of a component.
+
+        Parameters
+        ----------
+        T : numpy.ndarray, shape (B, V)
+            Maps (rows).
+        two_sided : bool
+        threshold : float, optional
+            Cluster-forming threshold (strict ``>``); None skips clusters.
+        tfce : bool
+            Also the maximum |TFCE| (``E``, ``H``, ``n_steps`` as :meth:`tfce`).
+
+        Returns
+        -------
+        max_size : numpy.ndarray of int, shape (B,)
+        max_mass, max_tfce : numpy.ndarray, shape (B,)
+        """
+        from msnet import _permkernels as kern
+
+        T = np.ascontiguousarray(T, dtype=float)
+        out = (np.zeros(len(T), np.int64), np.zeros(len(T)), np.zeros(len(T)))
+        kern.null_maxima(T, bool(two_sided), -1.0 if threshold is None else float(threshold),
+                         threshold is not None, int(n_steps) if tfce else 0, float(E),
+                         float(H), self.neighbours, *out)
+        return out
 
     def tfce(self, t, two_sided: bool, E: float = 0.5, H: float = 2.0, n_steps: int = 100):
         """Threshold-free cluster enhancement of a t map (as nilearn/fslmaths compute it).
@@ -607,7 +661,9 @@ class VoxelGrid:
         ``TFCE(v) = sum_h e(h)^E h^H`` over ``n_steps`` equal thresholds from ``max|t|/n_steps``
         to ``max|t|`` (no ``dh`` factor, as fslmaths and nilearn); negative values are enhanced
         separately and keep their sign when ``two_sided``. Written here because nilearn's
-        implementation is private and works on 4-D images only.
+        implementation is private and works on 4-D images only. This is the whole map, step by
+        step (nilearn's order of operations, so the observed map is nilearn's to rounding); the
+        permutation null only needs the maximum, which :meth:`null_maxima` computes far faster.
         """
         out = np.zeros(t.shape, float)
         top = np.nanmax(np.abs(t)) if two_sided else np.nanmax(t)
@@ -651,34 +707,153 @@ def _orthonormal_basis(Z: np.ndarray, tol: float | None = None) -> np.ndarray:
     return U[:, s > tol]
 
 
-def _permuted_basis(Q: np.ndarray, blocks) -> np.ndarray:
-    """Basis whose permuted projection ``||(P'Q)' E||`` must be computed.
+GROUP_SUMS_MIN = 6
+"""Fewest permuted indicator groups for which scatter-add sums beat dense matrix rows."""
 
-    With within-block permutations and block indicators inside the confound space, the
-    indicator part of the basis is invariant under the permutations and orthogonal to the
-    residuals, so it contributes 0 and is dropped: with study blocks only the covariate part
-    remains (3 instead of 28 columns for 25 studies + 3 covariates).
+
+def _in_span(Q: np.ndarray, B: np.ndarray) -> bool:
+    """Whether every column of ``B`` lies in the column space of the orthonormal ``Q``."""
+    return bool(np.allclose(B - Q @ (Q.T @ B), 0.0, atol=1e-8))
+
+
+def _indicator_partition(Z: np.ndarray, Q: np.ndarray, blocks) -> np.ndarray | None:
+    """Group codes of a partition of the subjects whose indicators lie in the confound space.
+
+    The exchangeability blocks when their indicators are confounds; otherwise disjoint 0/1
+    confound columns (study dummies; smallest first, so a sex dummy that overlaps them is
+    left out) completed by the remaining subjects when the intercept is in the confound
+    space (an intercept alone gives one group). None when there is no such partition.
     """
-    if blocks is None:
-        return Q
-    codes = np.unique(np.asarray(blocks), return_inverse=True)[1]
-    B = np.eye(codes.max() + 1)[codes]
-    if not np.allclose(B - Q @ (Q.T @ B), 0.0, atol=1e-8):
-        return Q
-    Qb = B / np.sqrt(B.sum(axis=0))
-    return _orthonormal_basis(Q - Qb @ (Qb.T @ Q), tol=1e-8)
+    n = Q.shape[0]
+    if blocks is not None:
+        codes = np.unique(np.asarray(blocks), return_inverse=True)[1].ravel()
+        if _in_span(Q, np.eye(codes.max() + 1)[codes]):
+            return codes
+    Z = np.asarray(Z, float).reshape(n, -1)
+    binary = [c.astype(bool) for c in Z.T if c.any() and np.all((c == 0) | (c == 1))]
+    covered = np.zeros(n, bool)
+    groups = []
+    for member in sorted(binary, key=np.sum):
+        if not (member & covered).any():
+            groups.append(member)
+            covered |= member
+    if not covered.all():
+        if not _in_span(Q, np.ones((n, 1))):
+            return None
+        groups.append(~covered)
+    return np.argmax(np.column_stack(groups), axis=1)
 
 
-def _permuted_t(idx, E32, xt32, Q32, ss_tot, sxx: float, df: int) -> np.ndarray:
-    """Freedman–Lane t maps, shape (B, V), for a batch of permutations ``idx`` (B, n)."""
-    b, n = idx.shape
-    q = Q32.shape[1]
-    num = (xt32[idx] @ E32).astype(float)
-    rss = ss_tot[None, :] - num**2 / sxx
-    if q:
-        proj = (Q32[idx].transpose(0, 2, 1).reshape(b * q, n) @ E32).reshape(b, q, -1)
-        rss -= np.square(proj, out=proj).sum(axis=1, dtype=float)
-    return num / np.sqrt(sxx * np.maximum(rss, 1e-30) / df)
+def _null_design(Z: np.ndarray, Q: np.ndarray, blocks):
+    """Split the confound space for the permutation loop into dense and indicator parts.
+
+    ``||(P'Q)' E||^2``, the part of the permuted projection that each permutation must
+    recompute, is the same for any orthonormal basis of the confound space. With a partition
+    ``B`` of the subjects among the confounds (:func:`_indicator_partition`), the basis is
+    taken as the normalised indicators plus ``Qc``, a basis of the rest: the indicator part is
+    ``sum_s (sum of E over the subjects the permutation puts in group s)^2 / n_s``, a
+    scatter-add (:func:`msnet._permkernels.group_projection`), and it is 0 when the
+    permutations keep every subject in its group (an intercept under any permutation; study
+    indicators under within-study permutations: E sums to 0 within each study).
+
+    Returns
+    -------
+    Qc : numpy.ndarray, shape (n, qc)
+        Dense part of the basis (permuted and multiplied with E).
+    codes : numpy.ndarray of int or None
+        Group of each subject when the indicator part must be computed, else None.
+    """
+    codes = _indicator_partition(Z, Q, blocks)
+    if codes is None:
+        return Q, None
+    n_groups = int(codes.max()) + 1
+    invariant = n_groups == 1
+    if blocks is not None and not invariant:
+        block = np.unique(np.asarray(blocks), return_inverse=True)[1].ravel()
+        invariant = all(np.unique(codes[block == b]).size == 1 for b in np.unique(block))
+    if not invariant and n_groups < GROUP_SUMS_MIN:
+        if not _in_span(Q, np.ones((Q.shape[0], 1))):
+            return Q, None
+        codes, n_groups, invariant = np.zeros_like(codes), 1, True
+    Qb = np.eye(n_groups)[codes]
+    Qb /= np.sqrt(Qb.sum(axis=0))
+    Qc = _orthonormal_basis(Q - Qb @ (Qb.T @ Q), tol=1e-8)
+    return Qc, None if invariant else codes
+
+
+class _NullT:
+    """Freedman–Lane t maps for batches of permutations (see :func:`permuted_glm`).
+
+    One float32 product ``(B (1 + qc), n) @ (n, V)`` gives the numerators and the dense part
+    of the permuted projection; the study-indicator part, when the permutations move subjects
+    between studies, is a scatter-add over the subjects (compiled, on ``n_jobs`` threads).
+    """
+
+    SUB = 8
+    """Permutations whose group sums are accumulated together (cache-sized accumulators)."""
+
+    def __init__(self, E, xt, Qc, codes, ss_tot, sxx: float, df: int, pool, n_jobs: int):
+        self.E32 = np.ascontiguousarray(E, dtype=np.float32)
+        self.A = np.ascontiguousarray(np.column_stack([xt, Qc]), dtype=np.float32)
+        self.codes = codes
+        self.ss_tot, self.sxx, self.df = ss_tot, sxx, df
+        self.pool, self.n_jobs = pool, n_jobs
+        if codes is not None:
+            from msnet import _permkernels as kern
+
+            self.kern = kern
+            counts = np.bincount(codes)
+            self.n_groups = counts.size
+            self.inv_size = 1.0 / counts.astype(float)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the matrix product per permutation."""
+        return self.A.shape[1]
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        """t maps, shape (B, V) float64, for permutations ``idx`` (B, n)."""
+        b, n = idx.shape
+        V = self.E32.shape[1]
+        prod = (self.A[idx].transpose(0, 2, 1).reshape(b * self.rows, n) @ self.E32)
+        prod = prod.reshape(b, self.rows, V)
+        num = prod[:, 0].astype(float)
+        rss = self.ss_tot[None, :] - num**2 / self.sxx
+        if self.rows > 1:
+            dense = prod[:, 1:]
+            rss -= np.square(dense, out=dense).sum(axis=1, dtype=float)
+        if self.codes is not None:
+            rss -= self._group_projection(idx)
+        return num / np.sqrt(self.sxx * np.maximum(rss, 1e-30) / self.df)
+
+    def _group_projection(self, idx: np.ndarray) -> np.ndarray:
+        """``sum_s (sum_{i: codes[idx[i]] = s} E_i)^2 / n_s`` per permutation and voxel."""
+        b, n = idx.shape
+        V = self.E32.shape[1]
+        sub = self.SUB
+        n_sub = -(-b // sub)
+        labels = np.zeros((n_sub * sub, n), np.uint64)
+        labels[:b] = self.codes[idx]
+        labels = labels.reshape(n_sub, sub, n).transpose(0, 2, 1)
+        offsets = np.ascontiguousarray(
+            (labels + np.arange(sub, dtype=np.uint64) * np.uint64(self.n_groups))
+            * np.uint64(self.kern.CHUNK))
+        out = np.empty((n_sub * sub, V), np.float32)
+        chunks = -(-V // self.kern.CHUNK)
+        edges = [min(V, self.kern.CHUNK * (chunks * k // self.n_jobs))
+                 for k in range(self.n_jobs + 1)]
+
+        def run(k):
+            self.kern.group_projection(self.E32, offsets, self.inv_size, out, edges[k],
+                                       edges[k + 1], self.n_groups)
+
+        _map(self.pool, run, range(self.n_jobs))
+        return out[:b]
+
+
+def _map(pool, fn, items) -> list:
+    """``[fn(x) for x in items]`` on the thread pool when there is one."""
+    return list(pool.map(fn, items)) if pool is not None else [fn(x) for x in items]
 
 
 def cluster_threshold(cluster_forming_p: float, df: int, two_sided: bool) -> float:
@@ -707,11 +882,16 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
         t = num / sqrt(x~'x~ * rss / (n - rank(Z) - 1))
 
     (identical to nilearn ``permuted_ols``, which permutes ``x~`` and ``Q`` jointly). A batch
-    of B permutations costs one ``(B (q+1), n) @ (n, V)`` product in float32. Voxel-level FWE
-    uses the maximum |t| (or max t when one-sided) over voxels per permutation; cluster-level
-    FWE the maximum cluster size (clusters of t > thr and of t < -thr formed separately, the
-    null maximum taken over both signs); TFCE the maximum |TFCE|. p-values count the original
-    labelling: ``(1 + #{null >= observed}) / (1 + n_perm)``.
+    of B permutations costs one ``(B (q+1), n) @ (n, V)`` product in float32, where the study
+    indicators among the confounds do not count in ``q``: their part of ``||(P'Q)' E||^2`` is
+    a sum of E over the subjects each permutation puts in each study (a compiled scatter-add
+    costing about four rows whatever the number of studies), and it is 0 under within-study
+    permutations. Voxel-level FWE uses the maximum |t| (or max t when one-sided) over voxels
+    per permutation; cluster-level FWE the maximum cluster size and mass (clusters of
+    t > thr and of t < -thr formed separately, the null maximum taken over both signs); TFCE
+    the maximum |TFCE|. The null cluster and TFCE maxima come from compiled union-find passes
+    (:meth:`VoxelGrid.null_maxima`), not from labelling the grid at every TFCE step. p-values
+    count the original labelling: ``(1 + #{null >= observed}) / (1 + n_perm)``.
 
     Parameters
     ----------
@@ -735,14 +915,15 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
     connectivity : int
         Cluster connectivity, 1 (6-neighbour, nilearn's), 2 (18) or 3 (26).
     tfce : bool
-        Also compute TFCE and its FWE p (slow: 2 x 100 labellings per permutation).
+        Also compute TFCE and its FWE p.
     blocks : array-like, shape (n,), optional
         Exchangeability blocks; subjects are only permuted within their block (restricted
         exchangeability for heteroscedastic sites). When the block indicators are among the
         confounds (study blocks with study indicators) their part of the projection is
-        constant and skipped, which makes each permutation several times cheaper.
+        constant and skipped.
     n_jobs : int
-        BLAS threads used for the matrix products.
+        Threads: BLAS threads of the matrix products, and threads of the compiled
+        scatter-add, cluster and TFCE passes.
     batch_bytes : int
         Memory budget of one batch of permutations.
 
@@ -755,7 +936,8 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
     Y = np.asarray(Y)
     n, V = Y.shape
     x = np.asarray(tested, float)
-    Q = _orthonormal_basis(np.asarray(confounds, float))
+    Z = np.asarray(confounds, float)
+    Q = _orthonormal_basis(Z)
     q = Q.shape[1]
     df = n - q - 1
     if df < 1:
@@ -785,43 +967,59 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
         return res
 
     rng = np.random.default_rng(seed)
-    h0_t, h0_size, h0_tfce = (np.empty(n_perm) for _ in range(3))
-    Q = _permuted_basis(Q, blocks)
-    q = Q.shape[1]
-    E32, xt32, Q32 = E.astype(np.float32), xt.astype(np.float32), Q.astype(np.float32)
-    batch = int(np.clip(batch_bytes // (8 * (q + 1) * V), 1, n_perm))
+    h0_t, h0_size, h0_mass, h0_tfce = (np.empty(n_perm) for _ in range(4))
+    Qc, codes = _null_design(Z, Q, blocks)
+    del Y
+    n_jobs = max(1, int(n_jobs))
+    pool = None
+    if n_jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(n_jobs)
+    null_t = _NullT(E, xt, Qc, codes, ss_tot, sxx, df, pool, n_jobs)
+    del E
+    batch = int(np.clip(batch_bytes // (8 * (null_t.rows + 2) * V), 1, n_perm))
     done = 0
-    with threadpool_limits(limits=max(1, int(n_jobs)), user_api="blas"):
-        while done < n_perm:
-            b = min(batch, n_perm - done)
-            t = _permuted_t(draw_permutations(rng, b, n, blocks), E32, xt32, Q32, ss_tot,
-                            sxx, df)
-            h0_t[done:done + b] = (np.abs(t) if two_sided else t).max(axis=1)
-            for k in range(b if grid is not None else 0):
-                if thr is not None:
-                    h0_size[done + k] = grid.max_cluster_size(t[k], thr, two_sided)
-                if tfce:
-                    h0_tfce[done + k] = np.abs(grid.tfce(t[k], two_sided)).max()
-            done += b
-            LOG.debug("permutations: %d/%d", done, n_perm)
+    try:
+        with threadpool_limits(limits=n_jobs, user_api="blas"):
+            while done < n_perm:
+                b = min(batch, n_perm - done)
+                t = null_t(draw_permutations(rng, b, n, blocks))
+                h0_t[done:done + b] = (np.abs(t) if two_sided else t).max(axis=1)
+                if thr is not None or tfce:
+                    parts = np.array_split(np.arange(b), min(n_jobs, b))
+                    found = _map(pool, lambda rows: grid.null_maxima(
+                        t[rows], two_sided, thr, tfce), parts)
+                    for rows, (size, mass, top) in zip(parts, found):
+                        h0_size[done + rows], h0_mass[done + rows] = size, mass
+                        h0_tfce[done + rows] = top
+                done += b
+                LOG.debug("permutations: %d/%d", done, n_perm)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     res.h0_max_t = h0_t
     res.p_fwe = _null_p(np.abs(t0) if two_sided else t0, h0_t)
     if thr is not None:
-        res.clusters = _observed_clusters(grid, t0, thr, two_sided, h0_size)
+        res.clusters = _observed_clusters(grid, t0, thr, two_sided, h0_size, h0_mass)
     if tfce:
         res.h0_max_tfce = h0_tfce
         res.p_tfce_fwe = _null_p(np.abs(res.tfce), h0_tfce)
     return res
 
 
-def _observed_clusters(grid: VoxelGrid, t, thr: float, two_sided: bool, h0) -> ClusterResult:
+def _observed_clusters(grid: VoxelGrid, t, thr: float, two_sided: bool, h0,
+                       h0_mass=None) -> ClusterResult:
     """Label the observed clusters (largest first) and attach their FWE p-values."""
     labels, sizes, signs = grid.clusters(t, thr, two_sided)
     order = np.argsort(-sizes, kind="stable")
     relabel = np.zeros(sizes.size + 1, np.int64)
     relabel[order + 1] = np.arange(1, sizes.size + 1)
-    return ClusterResult(thr, relabel[labels], sizes[order], signs[order],
-                         _null_p(sizes[order], h0), h0)
+    labels = relabel[labels]
+    masses = np.bincount(labels, np.abs(t) - thr, minlength=sizes.size + 1)[1:]
+    return ClusterResult(thr, labels, sizes[order], signs[order], _null_p(sizes[order], h0),
+                         h0, masses, None if h0_mass is None else _null_p(masses, h0_mass),
+                         h0_mass)
 
 
 # --------------------------------------------------------------------------- outputs

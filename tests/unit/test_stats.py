@@ -192,7 +192,67 @@ def test_within_block_permutations_match_brute_force():
     E = Y - H @ Y
     brute = [np.abs(st.ols(H @ Y + E[np.argsort(p)], X, np.eye(6)[0]).t).max() for p in perms]
     np.testing.assert_allclose(res.h0_max_t, brute, rtol=2e-5)
-    assert st._permuted_basis(st._orthonormal_basis(Z), study).shape[1] == 2
+    Qc, codes = st._null_design(Z, st._orthonormal_basis(Z), study)
+    assert Qc.shape[1] == 2 and codes is None
+
+
+def test_free_permutations_across_studies_match_brute_force():
+    """Study indicators among the confounds, permutations across studies: the indicator part
+    of the projection (a scatter-add over the subjects each permutation puts in each study)
+    and the dense covariate part equal an explicit Freedman-Lane refit; 1 or 2 threads give
+    the same null, and the cluster and TFCE maxima equal those of the refitted maps."""
+    rng = np.random.default_rng(13)
+    shape, n_study, n_perm = (4, 3, 3), 8, 12
+    study = np.repeat(np.arange(n_study), 7)
+    n = study.size
+    D = (study[:, None] == np.arange(n_study)).astype(float)
+    X = np.column_stack([rng.integers(0, 2, n), D, rng.normal(size=n),
+                         rng.integers(0, 2, n)])  # tested, 8 study dummies, age, sex (0/1)
+    Y = _smooth_noise(rng, n, shape, 0.7) + study[:, None] * 0.3
+    Z = X[:, 1:]
+    Qc, codes = st._null_design(Z, st._orthonormal_basis(Z), None)
+    assert Qc.shape[1] == 2 and np.array_equal(codes, study)  # age and sex stay dense
+    mask = np.ones(shape, bool)
+    kw = dict(n_perm=n_perm, seed=5, mask=mask, cluster_forming_p=0.1, tfce=True)
+    res = st.permuted_glm(Y, X[:, 0], Z, **kw)
+    res2 = st.permuted_glm(Y, X[:, 0], Z, n_jobs=2, **kw)
+    perms = st.draw_permutations(np.random.default_rng(5), n_perm, n)
+    H = Z @ np.linalg.pinv(Z)
+    E = Y - H @ Y
+    t_maps = np.array([st.ols(H @ Y + E[np.argsort(p)], X, np.eye(X.shape[1])[0]).t
+                       for p in perms])
+    np.testing.assert_allclose(res.h0_max_t, np.abs(t_maps).max(axis=1), rtol=2e-5)
+    np.testing.assert_allclose(res2.h0_max_t, res.h0_max_t, rtol=1e-6)
+    np.testing.assert_array_equal(res2.clusters.h0_max_size, res.clusters.h0_max_size)
+    grid = st.VoxelGrid(mask)
+    ref = [np.abs(grid.tfce(t, True)).max() for t in t_maps]
+    np.testing.assert_allclose(res.h0_max_tfce, ref, rtol=1e-4)
+
+
+def test_null_maxima_equal_step_by_step_tfce_and_nilearn_clusters():
+    """The union-find maxima equal the maximum of the full step-by-step TFCE map and
+    nilearn's cluster size and mass, for both connectivities, one- and two-sided."""
+    from nilearn.mass_univariate._utils import calculate_cluster_measures
+
+    rng = np.random.default_rng(14)
+    shape = (9, 8, 7)
+    mask = np.ones(shape, bool)
+    mask[:2, :2] = False
+    maps = [ndimage.gaussian_filter(rng.normal(size=shape), 1.2)[mask] for _ in range(6)]
+    T = np.array([m / m.std() * 1.5 for m in maps])
+    for connectivity in (1, 3):
+        grid = st.VoxelGrid(mask, connectivity)
+        for two_sided in (True, False):
+            size, mass, top = grid.null_maxima(T, two_sided, 1.0, tfce=True)
+            full = [np.abs(grid.tfce(t, two_sided)).max() for t in T]
+            np.testing.assert_allclose(top, full, rtol=1e-12)
+            vols = np.zeros((*shape, len(T)))
+            vols[mask] = T.T
+            ref_size, ref_mass = calculate_cluster_measures(
+                vols, 1.0, grid.structure, two_sided)
+            np.testing.assert_array_equal(size, ref_size)
+            np.testing.assert_allclose(mass, ref_mass, rtol=1e-12)
+            assert [grid.max_cluster_size(t, 1.0, two_sided) for t in T] == list(size)
 
 
 def test_permutations_agree_with_nilearn_permuted_ols():
