@@ -1,30 +1,7 @@
-"""Snakemake adapter for rule compute_subject_connectivity -> msnet.connectivity."""
+"""Snakemake adapter for the subject-stage rules -> msnet.connectivity.compute_subjects."""
 
-from msnet.connectivity import compute_subject_connectivity
+from msnet.connectivity import compute_subjects
 from msnet.logs import log_to_file
 
 log_to_file(snakemake.log[0])
-out = snakemake.output
-nets = snakemake.params.networks
-out_paths = {
-    "qc": out.qc,
-    "maps": dict(zip(nets, out.maps)),
-    "timeseries": out.timeseries,
-    "relmat": out.relmat,
-    "networks": out.networks,
-}
-if out.seed_maps:
-    out_paths["seed_maps"] = dict(zip(nets, out.seed_maps))
-compute_subject_connectivity(
-    snakemake.params.fmriprep_dir,
-    snakemake.params.participant_id,
-    out_paths,
-    denoise_options=snakemake.params.denoise,
-    qc_options=snakemake.params.qc,
-    connectivity_options=snakemake.params.connectivity,
-    task=snakemake.params.task,
-    space=snakemake.params.space,
-    multi_run=snakemake.params.multi_run,
-    lesion_mask=snakemake.params.lesion_mask,
-    study_id=snakemake.wildcards.study,
-)
+compute_subjects(snakemake.params.subjects, snakemake.params.options)

@@ -4,5 +4,5 @@ from msnet.logs import log_to_file
 from msnet.group import make_network_masks
 
 log_to_file(snakemake.log[0])
-make_network_masks(snakemake.input.qc, snakemake.params.maps, snakemake.params.out_dir,
+make_network_masks(snakemake.params.qc, snakemake.params.maps, snakemake.params.out_dir,
                    snakemake.params.options)

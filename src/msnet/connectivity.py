@@ -1001,3 +1001,36 @@ def compute_subject_connectivity(
     write_subject_outputs(result, out_paths)
     logger.info("%s: done (%.1f s)", participant_id, time.perf_counter() - t0)
     return _json_safe(result.qc)
+
+
+def compute_subjects(subjects: list, options: dict) -> list:
+    """Run :func:`compute_subject_connectivity` for each subject of one job, in order.
+
+    One subject-stage job handles several subjects (config ``resources.subjects_per_job``) so
+    that Python start-up and Snakemake's per-job bookkeeping are paid once per job.
+
+    Parameters
+    ----------
+    subjects : list of dict
+        Per subject: ``fmriprep_dir``, ``participant_id``, ``out_paths``, ``task``, ``space``,
+        ``lesion_mask`` (path or None) and ``study_id``.
+    options : dict
+        ``denoise``, ``qc``, ``connectivity`` (config sections) and ``multi_run``.
+
+    Returns
+    -------
+    list of dict
+        Each subject's QC dictionary.
+    """
+    results = []
+    for i, subject in enumerate(subjects, start=1):
+        logger.info("subject %d of %d in this job: %s", i, len(subjects),
+                    subject["participant_id"])
+        results.append(compute_subject_connectivity(
+            subject["fmriprep_dir"], subject["participant_id"], subject["out_paths"],
+            denoise_options=options["denoise"], qc_options=options["qc"],
+            connectivity_options=options["connectivity"], task=subject["task"],
+            space=subject["space"], multi_run=options["multi_run"],
+            lesion_mask=subject["lesion_mask"], study_id=subject["study_id"],
+        ))
+    return results

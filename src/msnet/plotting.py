@@ -615,7 +615,7 @@ def plot_qc_overview(qc_table, out_stem, qc_options=None) -> dict:
     Parameters
     ----------
     qc_table : pandas.DataFrame or path
-        :func:`msnet.report.qc_summary` output (``study_id, group, include, mean_fd,
+        :func:`msnet.qc.qc_summary` output (``study_id, group, include, mean_fd,
         pct_censored``).
     out_stem : path
     qc_options : dict, optional

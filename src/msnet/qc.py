@@ -256,3 +256,118 @@ def lesion_overlap(lesion_in_mask: np.ndarray, mask_img, threshold: float = 0.2)
         n = int(in_net.sum())
         out[net] = float((in_net & lesion_in_mask).sum() / n) if n else None
     return out
+
+
+# --------------------------------------------------------------------------- study tables
+
+
+QC_COLUMNS = ["study_id", "participant_id", "group", "include", "exclusion_reason", "mean_fd",
+              "max_fd", "pct_censored", "minutes_kept", "n_volumes", "n_dummy", "n_kept",
+              "mean_dvars", "mean_std_dvars", "tsnr_median", "fd_source", "tr",
+              "lesion_voxels"]
+"""Columns of :func:`qc_summary` (``group`` from participants.tsv when given)."""
+
+
+def qc_summary(qc_jsons, participants: dict | None = None):
+    """One row per subject from the subject-stage QC files.
+
+    Parameters
+    ----------
+    qc_jsons : list of path
+        ``sub-{label}_qc.json`` files (keys as in the subject stage; missing keys are NaN).
+    participants : dict, optional
+        Study id -> ``participants.tsv``; adds each subject's ``group`` (``n/a`` if absent).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`QC_COLUMNS`, sorted by study and participant.
+    """
+    import json
+    import re
+
+    import pandas as pd
+
+    rows = []
+    for path in qc_jsons or ():
+        try:
+            qc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise MsnetInputError(f"{path}: cannot read the subject QC file ({err}); re-run "
+                                  "the subject stage for this subject.") from err
+        match = re.search(r"study-([^/\\]+)", str(Path(path).parent))
+        row = {k: qc.get(k) for k in QC_COLUMNS}
+        row["study_id"] = str(qc.get("study_id") or (match.group(1) if match else "n/a"))
+        pid = str(qc.get("participant_id") or Path(path).name.split("_")[0])
+        row["participant_id"] = pid if pid.startswith("sub-") else f"sub-{pid}"
+        row["include"] = bool(qc.get("include"))
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=QC_COLUMNS)
+    groups = _participant_groups(participants)
+    table["group"] = [groups.get((s, p), "n/a") for s, p in
+                      zip(table["study_id"], table["participant_id"])]
+    for col in QC_COLUMNS[5:]:
+        if col not in ("fd_source",):
+            table[col] = pd.to_numeric(table[col], errors="coerce")
+    return table.sort_values(["study_id", "participant_id"], kind="stable").reset_index(drop=True)
+
+
+def _participant_groups(participants: dict | None) -> dict:
+    import pandas as pd
+
+    out = {}
+    for study, path in (participants or {}).items():
+        part = pd.read_csv(path, sep="\t", na_values=["n/a"], dtype={"participant_id": str})
+        if {"participant_id", "group"} - set(part.columns):
+            raise MsnetInputError(f"{path}: participants table of study {study} needs "
+                                  "participant_id and group columns.")
+        for pid, group in part[["participant_id", "group"]].itertuples(index=False):
+            out[(str(study), str(pid))] = str(group) if pd.notna(group) else "n/a"
+    return out
+
+
+
+
+def summarise_study_qc(qc_jsons, participants_tsv, study_id: str, out_tsv) -> None:
+    """Write one study's subject QC as one table (:func:`qc_summary`, :data:`QC_COLUMNS`).
+
+    The study table is what later stages and the report depend on, so the workflow's graph
+    has one edge per study instead of one per subject file (thousands at full scale).
+
+    Parameters
+    ----------
+    qc_jsons : list of path
+        The study's ``sub-{label}_qc.json`` files.
+    participants_tsv : path
+        The study's participants.tsv (adds ``group``).
+    study_id : str
+    out_tsv : path
+        Output TSV, written atomically.
+    """
+    from msnet.io.atomic import write_tsv
+
+    write_tsv(qc_summary(qc_jsons, {study_id: participants_tsv}), out_tsv)
+
+
+def read_study_qc(paths):
+    """Read and stack the tables :func:`summarise_study_qc` wrote.
+
+    Parameters
+    ----------
+    paths : list of path
+        ``study-{study}_desc-subjects_qc.tsv`` files.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`QC_COLUMNS`, sorted by study and participant, ``include`` boolean.
+    """
+    import pandas as pd
+
+    frames = [pd.read_csv(p, sep="\t", na_values=["n/a"], keep_default_na=False,
+                          dtype={"study_id": str, "participant_id": str, "group": str})
+              for p in paths]
+    table = pd.concat(frames, ignore_index=True).reindex(columns=QC_COLUMNS)
+    table["include"] = table["include"].astype(str).str.lower().eq("true")
+    table["group"] = table["group"].fillna("n/a")
+    return table.sort_values(["study_id", "participant_id"], kind="stable").reset_index(drop=True)

@@ -1,7 +1,6 @@
 """The HTML report (DESIGN stage 6): every result of the run in one self-contained page.
 
 * :func:`compare_with_published` – is each published MS-vs-HC finding recovered by a map?
-* :func:`qc_summary` – one row per subject from the subjects' QC JSON files;
 * :func:`methods_text` – a methods paragraph written from the configuration actually used;
 * :func:`build_report` – the one function the Snakemake rule ``report`` calls: reads all
   result files, draws every figure (:mod:`msnet.plotting`) into ``results/figures/`` and
@@ -263,64 +262,6 @@ def _logp_path(entry: dict):
 
 
 # --------------------------------------------------------------------------- QC
-
-
-QC_COLUMNS = ["study_id", "participant_id", "group", "include", "exclusion_reason", "mean_fd",
-              "max_fd", "pct_censored", "minutes_kept", "n_volumes", "n_dummy", "n_kept",
-              "mean_dvars", "mean_std_dvars", "tsnr_median", "fd_source", "tr",
-              "lesion_voxels"]
-"""Columns of :func:`qc_summary` (``group`` from participants.tsv when given)."""
-
-
-def qc_summary(qc_jsons, participants: dict | None = None) -> pd.DataFrame:
-    """One row per subject from the subject-stage QC files.
-
-    Parameters
-    ----------
-    qc_jsons : list of path
-        ``sub-{label}_qc.json`` files (keys as in the subject stage; missing keys are NaN).
-    participants : dict, optional
-        Study id -> ``participants.tsv``; adds each subject's ``group`` (``n/a`` if absent).
-
-    Returns
-    -------
-    pandas.DataFrame
-        :data:`QC_COLUMNS`, sorted by study and participant.
-    """
-    rows = []
-    for path in qc_jsons or ():
-        try:
-            qc = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise MsnetInputError(f"{path}: cannot read the subject QC file ({err}); re-run "
-                                  "the subject stage for this subject.") from err
-        match = re.search(r"study-([^/\\]+)", str(Path(path).parent))
-        row = {k: qc.get(k) for k in QC_COLUMNS}
-        row["study_id"] = str(qc.get("study_id") or (match.group(1) if match else "n/a"))
-        pid = str(qc.get("participant_id") or Path(path).name.split("_")[0])
-        row["participant_id"] = pid if pid.startswith("sub-") else f"sub-{pid}"
-        row["include"] = bool(qc.get("include"))
-        rows.append(row)
-    table = pd.DataFrame(rows, columns=QC_COLUMNS)
-    groups = _participant_groups(participants)
-    table["group"] = [groups.get((s, p), "n/a") for s, p in
-                      zip(table["study_id"], table["participant_id"])]
-    for col in QC_COLUMNS[5:]:
-        if col not in ("fd_source",):
-            table[col] = pd.to_numeric(table[col], errors="coerce")
-    return table.sort_values(["study_id", "participant_id"], kind="stable").reset_index(drop=True)
-
-
-def _participant_groups(participants: dict | None) -> dict:
-    out = {}
-    for study, path in (participants or {}).items():
-        part = pd.read_csv(path, sep="\t", na_values=["n/a"], dtype={"participant_id": str})
-        if {"participant_id", "group"} - set(part.columns):
-            raise MsnetInputError(f"{path}: participants table of study {study} needs "
-                                  "participant_id and group columns.")
-        for pid, group in part[["participant_id", "group"]].itertuples(index=False):
-            out[(str(study), str(pid))] = str(group) if pd.notna(group) else "n/a"
-    return out
 
 
 # --------------------------------------------------------------------------- methods
@@ -712,9 +653,11 @@ class _Report:
         qc_files = [p for p in (self.inputs.get("qc") or []) if _exists(p)]
         parts = []
         if not qc_files:
-            parts.append(_na("Subject QC files"))
+            parts.append(_na("Subject QC tables"))
         else:
-            qc = qc_summary(qc_files, self.inputs.get("participants"))
+            from msnet.qc import read_study_qc
+
+            qc = read_study_qc(qc_files)
             parts.append(self._qc_counts(qc))
             parts.append(self._motion(qc))
             parts.append(self.figure(
@@ -1092,12 +1035,12 @@ class _Report:
         return out
 
     def _denoise_used(self) -> dict | None:
-        """Denoise options recorded in the first QC file (what the subject stage ran)."""
-        for path in self.inputs.get("qc") or []:
-            if _exists(path):
-                used = json.loads(Path(path).read_text()).get("denoise")
-                return used if isinstance(used, dict) else None
-        return None
+        """Denoise options recorded in a subject's QC file (what the subject stage ran)."""
+        path = self.inputs.get("subject_qc")
+        if not path or not _exists(path):
+            return None
+        used = json.loads(Path(path).read_text()).get("denoise")
+        return used if isinstance(used, dict) else None
 
 
 def _as_list(value) -> list:
@@ -1134,9 +1077,9 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
         exist gives "not available" in its section):
 
         ``qc`` : list of path
-            All subjects' ``sub-*_qc.json``.
-        ``participants`` : dict study -> path
-            participants.tsv per study (group labels for the QC section).
+            Each study's subject QC table (:func:`msnet.qc.summarise_study_qc`).
+        ``subject_qc`` : path
+            One subject's ``sub-*_qc.json`` (the denoising options it recorded).
         ``excluded_inputs`` : path
             ``excluded_inputs.tsv`` (``study_id, participant_id, reason``).
         ``group_exclusions`` : path or list of path
@@ -1207,8 +1150,8 @@ def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:
     return out
 
 
-def report_inputs(results_dir, studies, qc_jsons, participants=None,
-                  networks=ANALYSIS_NETWORKS, excluded_inputs=None) -> dict:
+def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
+                  excluded_inputs=None) -> dict:
     """The ``inputs`` of :func:`build_report` at the standard output locations of each stage.
 
     Parameters
@@ -1217,10 +1160,8 @@ def report_inputs(results_dir, studies, qc_jsons, participants=None,
         ``config["results_dir"]``.
     studies : list of str
         Study ids.
-    qc_jsons : list of path
-        All subjects' QC files.
-    participants : dict, optional
-        Study id -> participants.tsv.
+    subject_qc : path or None
+        One subject's QC JSON: the denoising options the subject stage recorded.
     networks : sequence of str
     excluded_inputs : path, optional
         ``excluded_inputs.tsv`` when the workflow writes it.
@@ -1230,10 +1171,13 @@ def report_inputs(results_dir, studies, qc_jsons, participants=None,
     dict
         As documented in :func:`build_report`.
     """
+    from msnet.io.plan import study_qc_table
+
     r = Path(results_dir)
     group, pooled, clin, meta = r / "group", r / "group" / "pooled", r / "clinical", r / "meta"
     out = {
-        "qc": [str(p) for p in qc_jsons],
+        "qc": [study_qc_table(results_dir, s) for s in studies],
+        "subject_qc": str(subject_qc) if subject_qc else None,
         "group_study_tables": {s: str(group / f"study-{s}" / f"study-{s}_desc-MSvsHC_networks.tsv")
                                for s in studies},
         "group_exclusions": [str(pooled / "pooled_desc-exclusions.tsv"),
@@ -1253,8 +1197,6 @@ def report_inputs(results_dir, studies, qc_jsons, participants=None,
     }
     out["meta_tables"].update(moderators=str(meta / "meta_desc-studies_moderators.tsv"),
                               forest=str(meta / "meta_desc-forest_data.tsv"))
-    if participants:
-        out["participants"] = {s: str(p) for s, p in participants.items()}
     if excluded_inputs:
         out["excluded_inputs"] = str(excluded_inputs)
     return out

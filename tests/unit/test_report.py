@@ -14,9 +14,11 @@ import pytest
 from msnet import ANALYSIS_NETWORKS
 from msnet.atlas import gaussian_blob, published_findings
 from msnet.io.atomic import write_tsv
+from msnet.io.plan import study_qc_table
+from msnet.qc import qc_summary, read_study_qc, summarise_study_qc
 from msnet.report import (COMPARISON_COLUMNS, FIGURES, SECTIONS, build_report,
                           compare_with_published, figure_paths, fwe_significant, input_files,
-                          methods_text, qc_summary, report_inputs)
+                          methods_text, report_inputs)
 
 # A 4 mm grid over the MNI brain's bounding box (37 x 47 x 34 voxels).
 AFFINE = np.array([[4.0, 0, 0, -72], [0, 4.0, 0, -108], [0, 0, 4.0, -48], [0, 0, 0, 1]])
@@ -150,6 +152,17 @@ def test_qc_summary_rows_and_groups(tmp_path):
     assert qc_summary(paths)["group"].eq("n/a").all()
 
 
+def test_study_qc_table_round_trips(tmp_path):
+    paths = [write_qc(tmp_path, "A", "01"), write_qc(tmp_path, "A", "02", False, 0.9, "motion")]
+    part = tmp_path / "participants.tsv"
+    pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "group": ["MS", "HC"]}).to_csv(
+        part, sep="\t", index=False)
+    out = tmp_path / "qc.tsv"
+    summarise_study_qc(paths, part, "A", out)
+    pd.testing.assert_frame_equal(read_study_qc([out]), qc_summary(paths, {"A": part}),
+                                  check_dtype=False)
+
+
 def test_methods_text_reflects_config():
     config = {"denoise": {"motion": "derivatives", "global_signal": "basic", "smoothing_fwhm": 4},
               "meta": {"method": "DL", "n_permutations": 123}, "qc": {"max_mean_fd": 0.25},
@@ -192,7 +205,8 @@ def make_results(root, networks_with_maps=("DMN", "SN")):
     from msnet.meta import meta_networks, meta_vs_mega
 
     rng = np.random.default_rng(0)
-    inputs = {"qc": [], "participants": {}, "group_study_tables": {}}
+    inputs = {"qc": [], "group_study_tables": {}}
+    qc_jsons, participants = [], {}
     for s, study in enumerate(STUDIES):
         labels = [f"{s}{i:02d}" for i in range(6)]
         groups = ["MS", "MS", "MS", "HC", "HC", "HC"]
@@ -203,13 +217,17 @@ def make_results(root, networks_with_maps=("DMN", "SN")):
                       "disease_duration": [5.0 + s, 7.0, 9.0, None, None, None],
                       "edss": [2.0 + s / 2, 3.0, 1.5, None, None, None]}).to_csv(
             part, sep="\t", index=False, na_rep="n/a")
-        inputs["participants"][study] = str(part)
+        participants[study] = str(part)
+        study_jsons = []
         for i, label in enumerate(labels):
             bad = i == 5 and s == 0
-            inputs["qc"].append(write_qc(root, study, label, include=not bad,
-                                         mean_fd=0.7 if bad else rng.uniform(0.05, 0.3),
-                                         reason="mean FD 0.700 mm > max_mean_fd 0.5 mm"
-                                         if bad else None))
+            study_jsons.append(write_qc(root, study, label, include=not bad,
+                                        mean_fd=0.7 if bad else rng.uniform(0.05, 0.3),
+                                        reason="mean FD 0.700 mm > max_mean_fd 0.5 mm"
+                                        if bad else None))
+        inputs["qc"].append(study_qc_table(root, study))
+        summarise_study_qc(study_jsons, part, study, inputs["qc"][-1])
+        qc_jsons += study_jsons
         path = root / "group" / f"study-{study}" / f"study-{study}_desc-MSvsHC_networks.tsv"
         write_tsv(_group_rows(study, rng), path)
         inputs["group_study_tables"][study] = str(path)
@@ -217,12 +235,13 @@ def make_results(root, networks_with_maps=("DMN", "SN")):
     inputs["pooled_table"] = str(root / "group" / "pooled" / "pooled_desc-MSvsHC_networks.tsv")
     write_tsv(pooled, inputs["pooled_table"])
     inputs["meta_tables"] = {k: str(v) for k, v in meta_networks(
-        inputs["group_study_tables"], inputs["participants"], root / "meta",
+        inputs["group_study_tables"], participants, root / "meta",
         {"n_permutations": 20, "moderators": ["duration", "edss"]}).items()}
     inputs["meta_vs_mega"] = str(root / "meta" / "meta_desc-metavsmega_stats.tsv")
     meta_vs_mega(inputs["meta_tables"]["networks"], inputs["pooled_table"],
                  inputs["meta_vs_mega"])
-    inputs.update(pooled_maps={}, meta_maps={}, pooled_clusters={}, meta_clusters={})
+    inputs.update(pooled_maps={}, meta_maps={}, pooled_clusters={}, meta_clusters={},
+                  subject_qc=qc_jsons[0])
     for net in networks_with_maps:
         blobs = published_blobs(net)
         for kind, stat, logp_name, signed in (("pooled", "t", "logpfwe", True),
@@ -281,8 +300,8 @@ def _images(text):
 @pytest.mark.slow
 def test_build_report_full(tmp_path):
     written = make_results(tmp_path)
-    inputs = report_inputs(tmp_path, STUDIES, written["qc"], written["participants"],
-                           ("DMN", "SN"), written["excluded_inputs"])
+    inputs = report_inputs(tmp_path, STUDIES, written["subject_qc"], ("DMN", "SN"),
+                           written["excluded_inputs"])
     for key, value in written.items():  # the standard locations are where the stages write
         assert inputs[key] == value, key
     assert set(input_files(inputs)) >= set(input_files(written))
@@ -336,7 +355,7 @@ def test_build_report_without_optional_inputs(tmp_path):
     build_report({}, {}, tmp_path / "empty" / "report.html", tmp_path / "empty" / "figures")
     empty = (tmp_path / "empty" / "report.html").read_text()
     assert all(f'<h2 id="{sid}">' in empty for sid, _ in SECTIONS)
-    assert "Subject QC files: not available" in empty
+    assert "Subject QC tables: not available" in empty
     assert "<img" not in empty
 
 

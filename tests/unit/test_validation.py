@@ -300,3 +300,18 @@ def test_unknown_covariates_are_refused_at_validation(tmp_path, section):
     demo = validate_config({section: {"covariates": ["age", "handedness"]}})
     with pytest.raises(MsnetInputError, match="'handedness' is neither"):
         build_plan(demo)
+
+
+def test_subject_chunks_stay_within_studies_and_cover_everyone():
+    import pandas as pd
+
+    from msnet.io.plan import subject_chunks
+
+    subjects = pd.DataFrame({"study_id": ["A"] * 5 + ["B"] * 2,
+                             "label": [f"s{i}" for i in range(7)]})
+    chunks = subject_chunks(subjects, 2)
+    assert [c for c, _ in chunks] == ["A_1", "A_2", "A_3", "B_1"]
+    assert [[r["label"] for r in rows] for _, rows in chunks] == [
+        ["s0", "s1"], ["s2", "s3"], ["s4"], ["s5", "s6"]]
+    assert [c for c, _ in subject_chunks(subjects, 1)] == [
+        "A_1", "A_2", "A_3", "A_4", "A_5", "B_1", "B_2"]

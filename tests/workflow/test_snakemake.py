@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from msnet.config import load_config
-from msnet.io.plan import build_plan
+from msnet.io.plan import build_plan, subject_chunks
 from msnet.report import SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,9 +27,15 @@ def test_dry_run_plans_every_subject_of_the_demo():
     """`snakemake -n` knows all studies and subjects without running the simulation."""
     proc = _snakemake("-n", "--config", "results_dir=/nonexistent-msnet-dry-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plan = build_plan(load_config(REPO / "config.yaml"))
+    config = load_config(REPO / "config.yaml")
+    plan = build_plan(config)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
-    assert int(counts["compute_subject_connectivity"]) == len(plan.subjects)
+    chunks = subject_chunks(plan.subjects, config["resources"]["subjects_per_job"])
+    subject_jobs = {k for k in counts if k.startswith("compute_subject_connectivity_")}
+    assert subject_jobs == {f"compute_subject_connectivity_{c}" for c, _ in chunks}
+    assert sum(len(rows) for _, rows in chunks) == len(plan.subjects)
+    assert len(chunks) < len(plan.subjects) / 5  # start-up amortised over several subjects
+    assert int(counts["summarise_study_qc"]) == 25
     assert int(counts["simulate_study"]) == 25
     assert int(counts["compare_groups_study"]) == 25
     assert int(counts["build_report"]) == 1
@@ -47,20 +53,11 @@ def test_bad_config_stops_before_any_job_with_one_message(tmp_path):
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_tiny_workflow_runs_end_to_end(tmp_path):
+def test_tiny_workflow_runs_end_to_end(tiny_workflow):
     """Three small studies through every stage, ending with a complete report."""
-    config = {
-        "results_dir": str(tmp_path / "results"),
-        "simulate": {"n_studies": 3, "min_per_group": 3, "resolution_mm": 8},
-        "group": {"n_permutations": 50},
-        "clinical": {"n_permutations": 50},
-        "meta": {"n_permutations": 50},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = _snakemake("--cores", "2", "--configfile", str(path))
+    proc = tiny_workflow["proc"]  # conftest: snakemake --cores 2 on TINY_CONFIG
     assert proc.returncode == 0, proc.stderr[-5000:]
-    results = tmp_path / "results"
+    results = tiny_workflow["results"]
     html = (results / "report.html").read_text()
     for section_id, _ in SECTIONS:
         assert f'id="{section_id}"' in html, section_id

@@ -7,11 +7,12 @@ CLINICAL_OPTIONS = {**config["clinical"], "seed": config["seed"]}
 rule clinical_study:
     input:
         participants=lambda wc: participants_tsv(wc.study),
-        qc=lambda wc: subject_files("qc", wc.study),
-        networks=lambda wc: subject_files("networks", wc.study),
+        qc_tables=lambda wc: qc_tables(wc.study),
     output:
         table=f"{CLINICAL_DIR}/study-{{study}}_desc-clinical_networks.tsv",
     params:
+        qc=lambda wc: subject_files("qc", wc.study),
+        networks=lambda wc: subject_files("networks", wc.study),
         options=CLINICAL_OPTIONS,
         out_dir=CLINICAL_DIR,
     log:
@@ -29,9 +30,7 @@ rule clinical_study:
 rule clinical_pooled:
     input:
         participants=[participants_tsv(s) for s in STUDIES],
-        qc=subject_files("qc"),
-        networks=subject_files("networks"),
-        maps=[f for net in NETWORKS for f in subject_files("map", net=net)],
+        qc_tables=qc_tables(),
         masks=expand(MASK_PATTERN, net=NETWORKS),
     output:
         table=f"{CLINICAL_DIR}/pooled_desc-clinical_networks.tsv",
@@ -39,6 +38,8 @@ rule clinical_pooled:
         exclusions=f"{CLINICAL_DIR}/pooled_desc-clinicalexclusions.tsv",
     params:
         participants=lambda wc: {s: participants_tsv(s) for s in STUDIES},
+        qc=subject_files("qc"),
+        networks=subject_files("networks"),
         maps=subject_maps(),
         masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
         options=CLINICAL_OPTIONS,

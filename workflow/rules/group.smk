@@ -9,13 +9,18 @@ def participants_tsv(study):
     """The study's participants.tsv (for the demo, written by rule simulate_study)."""
     if SIMULATE:
         return f"{SIM_DIR}/study-{study}/participants.tsv"
-    return PLAN.studies.set_index("study_id").loc[study, "participants_tsv"]
+    return STUDY_ROWS[study]["participants_tsv"]
+
+
+SUBJECT_PATHS = {study: [] for study in STUDIES}  # study -> each subject's output paths
+for _row in PLAN.subjects.itertuples():
+    SUBJECT_PATHS[_row.study_id].append(subject_outputs(R, _row.study_id, _row.label))
 
 
 def subject_files(kind, study=None, net=None):
     """Subject-stage outputs of every subject (of one study when `study` is given)."""
-    subjects = PLAN.subjects if study is None else PLAN.study_subjects(study)
-    paths = [subject_outputs(R, row.study_id, row.label) for row in subjects.itertuples()]
+    studies = STUDIES if study is None else [study]
+    paths = [p for s in studies for p in SUBJECT_PATHS[s]]
     return [p["maps"][net] if kind == "map" else p[kind] for p in paths]
 
 
@@ -23,13 +28,22 @@ def subject_maps(study=None):
     return {net: subject_files("map", study, net) for net in NETWORKS}
 
 
+def qc_tables(study=None):
+    """The study QC tables that stand for the subject outputs in later rules' inputs.
+
+    Later rules take the per-subject files as params: one graph edge per study instead of
+    six per subject keeps `snakemake -n` fast at 2,410 subjects.
+    """
+    return [study_qc_table(R, s) for s in (STUDIES if study is None else [study])]
+
+
 rule make_network_masks:
     input:
-        qc=subject_files("qc"),
-        maps=[f for net in NETWORKS for f in subject_files("map", net=net)],
+        qc_tables=qc_tables(),
     output:
         masks=expand(MASK_PATTERN, net=NETWORKS),
     params:
+        qc=subject_files("qc"),
         maps=subject_maps(),
         options=GROUP_OPTIONS,
         out_dir=f"{GROUP_DIR}/masks",
@@ -48,9 +62,7 @@ rule make_network_masks:
 rule compare_groups_study:
     input:
         participants=lambda wc: participants_tsv(wc.study),
-        qc=lambda wc: subject_files("qc", wc.study),
-        networks=lambda wc: subject_files("networks", wc.study),
-        maps=lambda wc: [f for net in NETWORKS for f in subject_files("map", wc.study, net)],
+        qc_tables=lambda wc: qc_tables(wc.study),
         masks=expand(MASK_PATTERN, net=NETWORKS),
     output:
         table=f"{GROUP_DIR}/study-{{study}}/study-{{study}}_desc-MSvsHC_networks.tsv",
@@ -58,6 +70,8 @@ rule compare_groups_study:
         g=expand(f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-g_map.nii.gz", net=NETWORKS),
         varg=expand(f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-varg_map.nii.gz", net=NETWORKS),
     params:
+        qc=lambda wc: subject_files("qc", wc.study),
+        networks=lambda wc: subject_files("networks", wc.study),
         maps=lambda wc: subject_maps(wc.study),
         masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
         options=GROUP_OPTIONS,
@@ -79,9 +93,7 @@ POOLED_DIR = f"{GROUP_DIR}/pooled"
 rule compare_groups_pooled:
     input:
         participants=[participants_tsv(s) for s in STUDIES],
-        qc=subject_files("qc"),
-        networks=subject_files("networks"),
-        maps=[f for net in NETWORKS for f in subject_files("map", net=net)],
+        qc_tables=qc_tables(),
         masks=expand(MASK_PATTERN, net=NETWORKS),
     output:
         table=f"{POOLED_DIR}/pooled_desc-MSvsHC_networks.tsv",
@@ -91,6 +103,8 @@ rule compare_groups_pooled:
         clusters=expand(f"{POOLED_DIR}/pooled_network-{{net}}_clusters.tsv", net=NETWORKS),
     params:
         participants=lambda wc: {s: participants_tsv(s) for s in STUDIES},
+        qc=subject_files("qc"),
+        networks=subject_files("networks"),
         maps=subject_maps(),
         masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
         options=GROUP_OPTIONS,

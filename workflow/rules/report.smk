@@ -6,8 +6,7 @@ FIGURES_DIR = f"{R}/figures"
 REPORT_INPUTS = report_inputs(
     R,
     STUDIES,
-    subject_files("qc"),
-    participants={s: participants_tsv(s) for s in STUDIES},
+    subject_files("qc")[0],
     networks=NETWORKS,
     excluded_inputs=f"{R}/excluded_inputs.tsv",
 )

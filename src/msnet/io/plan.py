@@ -298,3 +298,29 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
 def study_qc_table(results_dir, study_id: str) -> str:
     """Path of one study's subject QC table (see :func:`msnet.qc.summarise_study_qc`)."""
     return f"{results_dir}/subjects/study-{study_id}/study-{study_id}_desc-subjects_qc.tsv"
+
+
+def subject_chunks(subjects, per_job: int) -> list:
+    """Split the subjects into the subject stage's jobs: consecutive runs within each study.
+
+    Chunks never cross a study, so adding a subject to one study changes only that study's
+    last job.
+
+    Parameters
+    ----------
+    subjects : pandas.DataFrame
+        ``Plan.subjects`` (``study_id`` and ``label`` columns, in plan order).
+    per_job : int
+        Subjects per job (>= 1).
+
+    Returns
+    -------
+    list of (str, list of dict)
+        ``("{study}_{k}", rows)`` with ``k`` counting from 1 within the study.
+    """
+    chunks = []
+    for study, rows in subjects.groupby("study_id", sort=False):
+        records = rows.to_dict("records")
+        for k, start in enumerate(range(0, len(records), per_job), start=1):
+            chunks.append((f"{study}_{k}", records[start:start + per_job]))
+    return chunks
