@@ -204,21 +204,55 @@ def network_templates(mask_img, sigma_mm: float = TEMPLATE_SIGMA_MM):
     maps : numpy.ndarray, shape (n_networks, n_voxels), float32
         Templates over the in-mask voxels.
     """
-    from scipy.spatial import cKDTree
-
-    coords = mask_coordinates(mask_img)
-    tree = cKDTree(coords)
+    mask = np.asarray(mask_img.dataobj).astype(bool)
     rois = seitzman_rois()
     names = network_names()
-    maps = np.zeros((len(names), len(coords)), dtype=np.float32)
+    # Beyond 4 sigma a blob is < 3.4e-4 of its peak: only voxels within that ball (distance
+    # <= radius, as scipy's cKDTree.query_ball_point selects them) get a value. Each ball is
+    # evaluated on its bounding box of the voxel grid instead of querying a k-d tree over all
+    # voxels; distances and values are computed with the same floating-point operations as
+    # :func:`mask_coordinates` and :func:`gaussian_blob`, so the templates are identical
+    # (tested), at a fraction of the cost.
+    radius = 4.0 * sigma_mm
+    affine = np.asarray(mask_img.affine, dtype=np.float64)
+    to_voxel = np.linalg.inv(affine)
+    half = radius * np.sqrt((to_voxel[:3, :3] ** 2).sum(axis=1)) + 1.0
+    diagonal = not np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine[:3, :3])))
+    if diagonal:
+        axes = [np.arange(n) * affine[a, a] + affine[a, 3] for a, n in enumerate(mask.shape)]
+        volume = np.zeros(mask.shape, dtype=np.float32)
+    else:
+        coords = mask_coordinates(mask_img)
+        number = np.full(mask.shape, -1, dtype=np.int64)  # voxel -> column (C order)
+        number[mask] = np.arange(len(coords))
+    maps = np.zeros((len(names), int(mask.sum())), dtype=np.float32)
     for k, name in enumerate(names):
+        if diagonal:
+            volume[...] = 0.0
         sel = rois[rois["network"] == name]
         for center in sel[["x", "y", "z"]].to_numpy():
-            # beyond 4 sigma a blob is < 3.4e-4 of its peak: skip those voxels (10x faster)
-            near = np.asarray(tree.query_ball_point(center, 4.0 * sigma_mm), dtype=int)
-            if near.size:
-                blob = gaussian_blob(coords[near], center, sigma_mm)
-                maps[k, near] = np.maximum(maps[k, near], blob)
+            ijk = to_voxel[:3, :3] @ center + to_voxel[:3, 3]
+            lo = np.maximum(np.floor(ijk - half).astype(int), 0)
+            hi = np.minimum(np.ceil(ijk + half).astype(int) + 1, mask.shape)
+            if np.any(hi <= lo):
+                continue
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            if diagonal:
+                dx, dy, dz = ((axes[a][box[a]] - center[a]) ** 2 for a in range(3))
+                d2 = (dx[:, None, None] + dy[None, :, None]) + dz[None, None, :]
+                blob = np.where(d2 <= radius**2, np.exp(-d2 / (2.0 * sigma_mm**2)), 0.0)
+                volume[box] = np.maximum(volume[box], blob)
+                continue
+            cand = number[box].ravel()
+            cand = cand[cand >= 0]
+            d2 = np.sum((coords[cand] - center) ** 2, axis=1)
+            near = d2 <= radius**2
+            if near.any():
+                cols = cand[near]
+                blob = np.exp(-d2[near] / (2.0 * sigma_mm**2))  # gaussian_blob's formula
+                maps[k, cols] = np.maximum(maps[k, cols], blob)
+        if diagonal:
+            maps[k] = volume[mask]
     return names, maps
 
 
