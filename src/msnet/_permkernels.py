@@ -85,6 +85,38 @@ def group_projection(E, offsets, inv_size, out, c0, c1, n_groups):  # pragma: no
                     out[row, start + j] = tot[j]
 
 
+@njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+def freedman_lane_t(prod, group, ss_tot, sxx, df, two_sided, t_out, max_out, r0, r1):  # pragma: no cover
+    """t maps (into ``t_out`` when it has rows) and their maxima for permutations [r0, r1).
+
+    ``prod[b, 0]`` is the numerator ``(P'x~)' E`` and ``prod[b, 1:]`` the dense part of
+    ``(P'Q)' E`` (float32 products); ``group[b]`` the indicator part of the projection (no rows
+    when there is none). ``rss = ss_tot - num^2 / sxx - sum(dense^2) - group`` in float64.
+    """
+    rows = prod.shape[1]
+    V = prod.shape[2]
+    keep = t_out.shape[0] > 0
+    has_group = group.shape[0] > 0
+    scale = sxx / df
+    for b in range(r0, r1):
+        top = -np.inf
+        for v in range(V):
+            num = np.float64(prod[b, 0, v])
+            rss = ss_tot[v] - num * num / sxx
+            for r in range(1, rows):
+                d = np.float64(prod[b, r, v])
+                rss -= d * d
+            if has_group:
+                rss -= group[b, v]
+            t = num / np.sqrt(scale * max(rss, 1e-30))
+            if keep:
+                t_out[b, v] = t
+            a = abs(t) if two_sided else t
+            if a > top:
+                top = a
+        max_out[b] = top
+
+
 @njit(nogil=True, cache=True)
 def _find(parent, v):  # pragma: no cover
     """Root of ``v`` with path halving."""
@@ -94,13 +126,14 @@ def _find(parent, v):  # pragma: no cover
     return v
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, boundscheck=False)
 def tfce_max(x, steps, h_pow, neighbours, size_pow):  # pragma: no cover
     """Maximum over voxels of ``TFCE(v) = sum_{k: steps[k] <= x[v]} size_pow[e_k(v)] h_pow[k]``.
 
     ``e_k(v)`` is the size of the connected component of ``{x >= steps[k]}`` holding ``v``
-    (components of ``neighbours``) and ``size_pow[e] = e^E``. Voxels are added from the highest level down with a
-    union-find; after each level every component adds ``size^E h_pow[k]`` to the running
+    (components of ``neighbours``) and ``size_pow[e] = e^E``; ``steps`` are the equal
+    thresholds of :func:`tfce_thresholds`. Voxels are added from the highest level down with
+    a union-find; after each level every component adds ``size^E h_pow[k]`` to the running
     score of its best voxel. The maximum TFCE is reached at a voxel that is the highest of
     its component at its own top level (it shares every lower component and is in more of
     them), so only the best running score of each component is kept: a merge keeps the
@@ -108,25 +141,34 @@ def tfce_max(x, steps, h_pow, neighbours, size_pow):  # pragma: no cover
     """
     V = x.size
     n_steps = steps.size
-    level = np.searchsorted(steps, x, side="right")
-    count = np.zeros(n_steps + 2, np.int64)
+    step = steps[0]
+    level = np.empty(V, np.int32)
+    count = np.zeros(n_steps + 2, np.int32)
     for v in range(V):
-        count[level[v]] += 1
-    start = np.zeros(n_steps + 2, np.int64)
+        xv = x[v]
+        if not xv >= step:
+            level[v] = 0
+            continue
+        k = min(int(xv / step), n_steps)  # number of steps <= xv, up to rounding
+        while k < n_steps and steps[k] <= xv:
+            k += 1
+        while k > 0 and steps[k - 1] > xv:
+            k -= 1
+        level[v] = k
+        count[k] += 1
+    start = np.zeros(n_steps + 2, np.int32)
     for k in range(n_steps - 1, -1, -1):  # level k starts after every level above it
         start[k] = start[k + 1] + count[k + 1]
-    order = np.empty(V, np.int64)
-    fill = start.copy()
+    order = np.empty(start[0], np.int32)
     for v in range(V):
         k = level[v]
         if k > 0:
-            order[fill[k]] = v
-            fill[k] += 1
-    parent = np.empty(V, np.int64)
-    size = np.zeros(V, np.int64)
-    best = np.zeros(V, np.float64)
-    added = np.zeros(V, np.bool_)
-    roots = np.empty(V, np.int64)
+            order[start[k]] = v
+            start[k] += 1
+    parent = np.full(V, -1, np.int32)  # -1: not added yet
+    size = np.empty(V, np.int32)
+    best = np.empty(V, np.float64)
+    roots = np.empty(order.size, np.int32)
     n_roots = 0
     n_nb = neighbours.shape[1]
     pos = 0
@@ -137,15 +179,14 @@ def tfce_max(x, steps, h_pow, neighbours, size_pow):  # pragma: no cover
             parent[v] = v
             size[v] = 1
             best[v] = 0.0
-            added[v] = True
             roots[n_roots] = v
             n_roots += 1
+            rv = v
             for j in range(n_nb):
                 u = neighbours[v, j]
-                if u < 0 or not added[u]:
+                if u < 0 or parent[u] < 0:
                     continue
                 ru = _find(parent, u)
-                rv = _find(parent, v)
                 if ru == rv:
                     continue
                 if size[ru] < size[rv]:
@@ -154,6 +195,7 @@ def tfce_max(x, steps, h_pow, neighbours, size_pow):  # pragma: no cover
                 size[ru] += size[rv]
                 if best[rv] > best[ru]:
                     best[ru] = best[rv]
+                rv = ru
         h = h_pow[k - 1]
         kept = 0
         for r_i in range(n_roots):

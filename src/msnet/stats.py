@@ -593,7 +593,7 @@ class VoxelGrid:
         if self._neighbours is None:
             offsets = np.argwhere(self.structure) - 1
             offsets = offsets[np.any(offsets != 0, axis=1)]
-            index = np.full(np.array(self.mask.shape) + 2, -1, np.int64)
+            index = np.full(np.array(self.mask.shape) + 2, -1, np.int32)
             index[1:-1, 1:-1, 1:-1][self.mask] = np.arange(int(self.mask.sum()))
             coords = np.argwhere(self.mask) + 1
             self._neighbours = np.ascontiguousarray(
@@ -796,12 +796,12 @@ class _NullT:
         self.E32 = np.ascontiguousarray(E, dtype=np.float32)
         self.A = np.ascontiguousarray(np.column_stack([xt, Qc]), dtype=np.float32)
         self.codes = codes
-        self.ss_tot, self.sxx, self.df = ss_tot, sxx, df
+        self.ss_tot, self.sxx, self.df = np.ascontiguousarray(ss_tot, float), sxx, df
         self.pool, self.n_jobs = pool, n_jobs
-        if codes is not None:
-            from msnet import _permkernels as kern
+        from msnet import _permkernels as kern
 
-            self.kern = kern
+        self.kern = kern
+        if codes is not None:
             counts = np.bincount(codes)
             self.n_groups = counts.size
             self.inv_size = 1.0 / counts.astype(float)
@@ -811,20 +811,22 @@ class _NullT:
         """Rows of the matrix product per permutation."""
         return self.A.shape[1]
 
-    def __call__(self, idx: np.ndarray) -> np.ndarray:
-        """t maps, shape (B, V) float64, for permutations ``idx`` (B, n)."""
+    def __call__(self, idx: np.ndarray, two_sided: bool, maps: bool):
+        """Null maxima (B,) of the t maps of permutations ``idx`` (B, n), and the maps
+        (B, V) float64 when ``maps`` (for clusters and TFCE), else None."""
         b, n = idx.shape
         V = self.E32.shape[1]
         prod = (self.A[idx].transpose(0, 2, 1).reshape(b * self.rows, n) @ self.E32)
         prod = prod.reshape(b, self.rows, V)
-        num = prod[:, 0].astype(float)
-        rss = self.ss_tot[None, :] - num**2 / self.sxx
-        if self.rows > 1:
-            dense = prod[:, 1:]
-            rss -= np.square(dense, out=dense).sum(axis=1, dtype=float)
-        if self.codes is not None:
-            rss -= self._group_projection(idx)
-        return num / np.sqrt(self.sxx * np.maximum(rss, 1e-30) / self.df)
+        group = (self._group_projection(idx) if self.codes is not None
+                 else np.zeros((0, V), np.float32))
+        t = np.empty((b if maps else 0, V))
+        top = np.empty(b)
+        parts = np.linspace(0, b, min(self.n_jobs, b) + 1).astype(int)
+        _map(self.pool, lambda k: self.kern.freedman_lane_t(
+            prod, group, self.ss_tot, self.sxx, self.df, two_sided, t, top, parts[k],
+            parts[k + 1]), range(parts.size - 1))
+        return top, (t if maps else None)
 
     def _group_projection(self, idx: np.ndarray) -> np.ndarray:
         """``sum_s (sum_{i: codes[idx[i]] = s} E_i)^2 / n_s`` per permutation and voxel."""
@@ -984,8 +986,8 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
         with threadpool_limits(limits=n_jobs, user_api="blas"):
             while done < n_perm:
                 b = min(batch, n_perm - done)
-                t = null_t(draw_permutations(rng, b, n, blocks))
-                h0_t[done:done + b] = (np.abs(t) if two_sided else t).max(axis=1)
+                h0_t[done:done + b], t = null_t(draw_permutations(rng, b, n, blocks),
+                                                two_sided, thr is not None or tfce)
                 if thr is not None or tfce:
                     parts = np.array_split(np.arange(b), min(n_jobs, b))
                     found = _map(pool, lambda rows: grid.null_maxima(
