@@ -8,7 +8,11 @@ of a rule with one job (``meta_networks.tsv``), as msnet's rules name them. Stan
 library only, so it starts in a blink.
 
 Usage: ``python benchmarks/summarise_benchmarks.py RESULTS_DIR/benchmarks [--top 10]
-[--wall SECONDS --cores N]`` (with ``--wall``, also how busy the cores were).
+[--wall SECONDS --cores N] [--snakemake-log LOG] [--compare OTHER_RESULTS_DIR]``: with
+``--wall``, also how busy the cores were; with ``--snakemake-log`` (the run's console log),
+each rule's peak memory against the ``mem_mb`` and ``runtime`` its jobs declared; with
+``--compare``, wall time, CPU time and disk use against another run's results folder (one
+written by ``bench_fullscale.sh``/``bench_demo.sh``, with ``bench_wall.txt``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -75,12 +81,84 @@ def summarise(records: list[dict], top: int = 10) -> str:
     return "\n".join(lines)
 
 
+def declared_resources(log: Path) -> dict:
+    """Benchmark file -> (mem_mb, runtime) the job declared, from Snakemake's console log."""
+    declared, bench = {}, None
+    for line in log.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("benchmark:"):
+            bench = line.split(":", 1)[1].strip()
+        elif line.startswith("resources:") and bench:
+            found = dict(re.findall(r"(\w+)=([\d.]+)", line))
+            declared[Path(bench).resolve()] = (float(found.get("mem_mb", "nan")),
+                                               float(found.get("runtime", "nan")))
+            bench = None
+    return declared
+
+
+def memory_check(records: list[dict], folder: Path, declared: dict) -> str:
+    """Per rule: the peak RSS against the smallest declared mem_mb, and the longest job
+    against its declared runtime; flags every job above what it declared."""
+    by_rule = defaultdict(list)
+    for rec in records:
+        mem, runtime = declared.get((folder / rec["job"]).with_suffix(".tsv").resolve(),
+                                    (math.nan, math.nan))
+        by_rule[rec["rule"]].append((rec, mem, runtime))
+    lines = ["", "peak memory and time against the declared resources:",
+             f"{'max_rss_MB':>11} {'mem_mb':>8} {'max_min':>8} {'runtime':>8}  rule"]
+    over = []
+    for rule, rows in sorted(by_rule.items()):
+        rss = max((r["max_rss"] for r, _, _ in rows if not math.isnan(r["max_rss"])),
+                  default=math.nan)
+        mems = [m for _, m, _ in rows if not math.isnan(m)]
+        runtimes = [t for _, _, t in rows if not math.isnan(t)]
+        lines.append(f"{_fmt(rss, '.0f'):>11} {_fmt(min(mems) if mems else math.nan, '.0f'):>8} "
+                     f"{max(r['s'] for r, _, _ in rows) / 60:8.1f} "
+                     f"{_fmt(min(runtimes) if runtimes else math.nan, '.0f'):>8}  {rule}")
+        over += [r["job"] for r, m, t in rows
+                 if r["max_rss"] > m or r["s"] / 60 > t]
+    lines.append(f"jobs above their declared mem_mb or runtime: {len(over)}"
+                 + (f" ({', '.join(over[:5])}{', ...' if len(over) > 5 else ''})" if over else ""))
+    return "\n".join(lines)
+
+
+def disk_gb(folder: Path) -> float:
+    """Bytes under a folder, in GB (without following symlinks)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                total += path.stat().st_size
+    return total / 1e9
+
+
+def comparison(results: Path, other: Path, records: list[dict]) -> str:
+    """Wall time, CPU time, jobs and disk of this run against another results folder."""
+    def totals(folder, recs):
+        wall = float((folder / "bench_wall.txt").read_text())
+        cpu = sum(r["cpu_time"] for r in recs if not math.isnan(r["cpu_time"]))
+        return wall, cpu, len(recs), disk_gb(folder)
+
+    this = totals(results, records)
+    that = totals(other, read_benchmarks(other / "benchmarks"))
+    lines = ["", f"this run ({results}) against {other}:",
+             f"{'':14} {'this':>10} {'other':>10} {'ratio':>7}"]
+    for name, a, b in zip(("wall s", "job CPU s", "jobs", "disk GB"), this, that):
+        lines.append(f"{name:14} {a:10.1f} {b:10.1f} {a / b if b else math.nan:7.1f}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a results folder's benchmarks/ directory")
     parser.add_argument("--top", type=int, default=10, help="how many of the slowest jobs to list")
     parser.add_argument("--wall", type=float, help="wall time of the whole run (s)")
     parser.add_argument("--cores", type=int, help="cores the run was given (with --wall)")
+    parser.add_argument("--snakemake-log", type=Path,
+                        help="the run's Snakemake console log (declared resources per job)")
+    parser.add_argument("--compare", type=Path,
+                        help="another run's results folder to compare wall, CPU and disk with")
     args = parser.parse_args()
     if not args.folder.is_dir():
         print(f"no benchmark folder {args.folder}", file=sys.stderr)
@@ -94,6 +172,10 @@ def main() -> int:
         busy = sum(r["s"] for r in records) / (args.wall * args.cores)
         print(f"\njob time / (wall x {args.cores} cores) = {busy:.0%} (the rest is Snakemake's own "
               "overhead, idle cores, and rules without a benchmark: directive)")
+    if args.snakemake_log:
+        print(memory_check(records, args.folder, declared_resources(args.snakemake_log)))
+    if args.compare:
+        print(comparison(args.folder.parent, args.compare, records))
     return 0
 
 
