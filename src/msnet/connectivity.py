@@ -155,17 +155,20 @@ def _zscore_columns(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z, varies
 
 
-def _voxel_blocks(data: np.ndarray, size: int = CHUNK_VOXELS):
+def _voxel_blocks(data: np.ndarray, size: int = CHUNK_VOXELS, means: np.ndarray | None = None):
     """Yield ``(slice, centred block, sd, varies)`` over blocks of voxels (columns).
 
     The block is demeaned over time in the data's floating precision (float32 BLAS is 5-10x
     faster than float64 here) with the mean accumulated in float64; subtracting a float32
     mean from values of similar size is exact, so no precision is lost to large baselines.
+    With ``means`` (an array over all voxels), each block's float64 means are stored in it.
     """
     dtype = np.result_type(data.dtype, np.float32)
     for sl in _chunks(data.shape[1], size):
         y = data[:, sl]
         mean = y.mean(axis=0, dtype=np.float64)
+        if means is not None:
+            means[sl] = mean
         centred = y.astype(dtype, copy=False) - mean.astype(dtype)
         sd = np.sqrt(np.einsum("tv,tv->v", centred, centred).astype(np.float64) / len(y))
         yield sl, centred, sd, _is_varying(sd, mean)
@@ -264,6 +267,17 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS), v
     MsnetInputError
         If shapes do not match or there are not more volumes than networks + 1.
     """
+    timecourses, maps, _ = _dual_regression(data, templates, n_analysis, voxel_mean)
+    return timecourses, maps
+
+
+def _dual_regression(data, templates, n_analysis, voxel_mean):
+    """:func:`dual_regression` plus :func:`flat_voxels` of ``data``.
+
+    Two passes over the data: the first centres each voxel block (float64 mean), takes its
+    SD and accumulates stage 1; the second re-centres with the stored means (the same
+    float32 values as the first pass) for stage 2.
+    """
     data = np.asarray(data)
     templates = np.asarray(templates, dtype=np.float64)
     if data.ndim != 2 or templates.ndim != 2 or data.shape[1] != templates.shape[1]:
@@ -284,19 +298,25 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS), v
     # which stage 2 removes). Rows of x sum to zero, so x @ (y - spatial mean of y) == x @ y:
     # the spatial demeaning of each volume is implicit and the data are never copied whole.
     x = templates - templates.mean(axis=1, keepdims=True)
-    x_work = x.astype(np.result_type(data.dtype, np.float32))
-    xy = np.zeros((n_k, n_t))
-    for sl, centred, _, _ in _voxel_blocks(data):
+    dtype = np.result_type(data.dtype, np.float32)
+    x_work = x.astype(dtype)
+    xy = np.zeros((x.shape[0], n_t))
+    means = np.empty(n_v)
+    sds = np.empty(n_v)
+    varying = np.empty(n_v, dtype=bool)
+    for sl, centred, sd, varies in _voxel_blocks(data, means=means):
         xy += x_work[:, sl] @ centred.T
+        sds[sl], varying[sl] = sd, varies
     timecourses = (np.linalg.pinv(x @ x.T, hermitian=True) @ xy).T
     # Stage 2: coefficients of z-scored voxel series on z-scored time courses.
-    proj = np.linalg.pinv(_zscore_columns(timecourses)[0])[:n_analysis].astype(x_work.dtype)
+    proj = np.linalg.pinv(_zscore_columns(timecourses)[0])[:n_analysis].astype(dtype)
     maps = np.zeros((n_analysis, n_v), dtype=np.float32)
-    for sl, centred, sd, varies in _voxel_blocks(data):
-        scale = sd if voxel_mean is None else np.asarray(voxel_mean, np.float64)[sl] / 100.0
-        varies &= scale > 0
+    for sl in _chunks(n_v):
+        centred = data[:, sl].astype(dtype, copy=False) - means[sl].astype(dtype)
+        scale = sds[sl] if voxel_mean is None else np.asarray(voxel_mean, np.float64)[sl] / 100.0
+        varies = varying[sl] & (scale > 0)
         maps[:, sl] = np.where(varies, (proj @ centred) / np.where(varies, scale, 1.0), 0.0)
-    return timecourses, maps
+    return timecourses, maps, ~varying
 
 
 def spatial_correlation(a, b) -> float:
@@ -731,13 +751,12 @@ def _connectivity(data, mask_img, templates, rois, opts, qc, voxel_mean=None,
     if opts["stage2_units"] == "psc" and voxel_mean is None:
         raise MsnetInputError("connectivity.stage2_units is 'psc' but the cleaned data carry no "
                               "voxel means; use stage2_units: standardized.")
-    timecourses, maps = dual_regression(
-        data, templates, voxel_mean=voxel_mean if opts["stage2_units"] == "psc" else None)
+    timecourses, maps, no_signal = _dual_regression(
+        data, templates, len(ANALYSIS_NETWORKS), voxel_mean if opts["stage2_units"] == "psc" else None)
     qc["dr_template_r"] = {
         net: spatial_correlation(maps[k], templates[k]) for k, net in enumerate(ANALYSIS_NETWORKS)
     }
     qc["dr_vif"] = dict(zip(ANALYSIS_NETWORKS, design_vif(timecourses).tolist()))
-    no_signal = flat_voxels(data)
     qc["dr_n_flat_voxels"] = int(np.count_nonzero(no_signal))
     if flat is not None:  # raw BOLD constant there (msnet.denoise): smoothing only leaks
         no_signal |= np.asarray(flat, bool)  # neighbours in, and its psc scale is meaningless
