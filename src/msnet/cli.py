@@ -92,6 +92,7 @@ def _cmd_subject(args) -> int:
         qc_options=config["qc"], connectivity_options=config["connectivity"],
         task=study["task"], space=study["space"], multi_run=config["data"]["multi_run"],
         lesion_mask=row["lesion_mask"], study_id=args.study,
+        threads=config["resources"]["compute_subject_connectivity"].get("threads", 1),
     )
     verdict = "included" if qc["include"] else f"excluded: {qc['exclusion_reason']}"
     print(f"{pid} ({args.study}) {verdict}; outputs in {Path(paths['qc']).parent}")

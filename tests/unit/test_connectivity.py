@@ -548,3 +548,19 @@ def test_read_only_results_folder(tmp_path):
             conn.compute_subject_connectivity("/d", "sub-01", out_paths(results))
     finally:
         results.chmod(0o755)
+
+
+def test_thread_limits_set_the_blas_threads_of_the_job():
+    from threadpoolctl import threadpool_info
+
+    from msnet.connectivity import thread_limits
+
+    def blas_threads():
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    before = blas_threads()
+    with thread_limits(1):
+        assert blas_threads() <= {1}
+    with thread_limits(None):
+        assert blas_threads() == before
+    assert blas_threads() == before
