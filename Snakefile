@@ -42,8 +42,9 @@ include: "workflow/rules/meta.smk"
 include: "workflow/rules/report.smk"
 
 
-# Bookkeeping rules (a few ms of work each) run on the submitting host, not as cluster jobs.
-localrules: all, meta_vs_mega, record_excluded_inputs
+# Bookkeeping rules (well under a second of work each) run on the submitting host, not as
+# cluster jobs: each SLURM job costs seconds of start-up and a scheduling round.
+localrules: all, meta_vs_mega, record_excluded_inputs, summarise_study_qc
 if SIMULATE:
     localrules: simulate
 
