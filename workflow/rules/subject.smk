@@ -77,7 +77,7 @@ for CHUNK, CHUNK_ROWS in subject_chunks(PLAN.subjects, config["resources"]["subj
         threads: resources_for("compute_subject_connectivity", "threads")
         resources:
             mem_mb=resources_for("compute_subject_connectivity", "mem_mb"),
-            runtime=resources_for("compute_subject_connectivity", "runtime") * len(CHUNK_ROWS),
+            runtime=resources_for("compute_subject_connectivity", "runtime", len(CHUNK_ROWS)),
         script:
             "../../scripts/compute_subject_connectivity.py"
 

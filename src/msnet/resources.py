@@ -1,0 +1,164 @@
+"""Memory and run time each rule asks for, scaled with what it processes.
+
+A constant request is wrong at one end or the other: 4 GB per subject job is twenty times
+what a 4 mm demo subject needs, and 16 GB for the pooled models is too little for 2,410
+subjects at 2 mm and far too much for the demo, and a SLURM queue punishes both. Each rule's
+``mem_mb`` and ``runtime`` here are a linear model of its input size (subjects, voxels,
+volumes, permutations) whose coefficients come from the peaks that
+``benchmarks/bench_fullscale.sh`` measured for the demo and for the 2,410-subject run on a
+2-core machine, times :data:`HEADROOM`. A value set in the config's ``resources`` section
+always wins over the estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+HEADROOM = 2.0
+"""Factor between the measured peak and the request (memory and time)."""
+
+MNI_EXTENT_MM = (182.0, 218.0, 182.0)
+"""Field of view of the MNI152 grid (91 x 109 x 91 voxels at 2 mm)."""
+
+BRAIN_FRACTION = 0.27
+"""Share of the MNI grid inside the brain mask (29,398 of 109,350 voxels at 4 mm)."""
+
+NETWORKS = 4
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the rules' costs grow with.
+
+    Attributes
+    ----------
+    n_subjects : int
+        Subjects in the plan.
+    max_study_subjects : int
+        Subjects in the largest study.
+    n_studies : int
+    grid_voxels : int
+        Voxels of one BOLD volume (the whole grid).
+    n_volumes : int
+        Volumes of one BOLD run.
+    permutations : dict
+        Stage (``group``, ``clinical``, ``meta``) -> permutation count.
+    tfce : bool
+        Whether the pooled models compute TFCE (about ten times the permutation cost).
+    """
+
+    n_subjects: int
+    max_study_subjects: int
+    n_studies: int
+    grid_voxels: int
+    n_volumes: int
+    permutations: dict
+    tfce: bool = False
+
+    @property
+    def mask_voxels(self) -> int:
+        """Estimated voxels in the analysis mask."""
+        return int(self.grid_voxels * BRAIN_FRACTION)
+
+    @property
+    def bold_mb(self) -> float:
+        """One BOLD run as float32, in MB."""
+        return self.grid_voxels * self.n_volumes * 4 / 1e6
+
+
+def workload(config: dict, plan) -> Workload:
+    """The :class:`Workload` of a validated config and its plan.
+
+    For the demo the grid follows ``simulate.resolution_mm`` and ``simulate.n_volumes``; for
+    real data it is read from the first subject's BOLD header (one header, no voxel data):
+    studies with larger runs should set the subject rule's resources in the config.
+    """
+    counts = plan.subjects["study_id"].value_counts()
+    if config["data"]["mode"] == "simulate":
+        res = config["simulate"]["resolution_mm"]
+        grid = math.prod(math.ceil(e / res) for e in MNI_EXTENT_MM)
+        n_volumes = config["simulate"]["n_volumes"]
+    else:
+        import nibabel as nib
+
+        shape = nib.load(plan.subjects["bold"].iloc[0][0]).shape
+        grid, n_volumes = math.prod(shape[:3]), shape[3]
+    return Workload(
+        n_subjects=len(plan.subjects), max_study_subjects=int(counts.max()),
+        n_studies=len(counts), grid_voxels=grid, n_volumes=n_volumes,
+        permutations={k: int(config[k]["n_permutations"]) for k in ("group", "clinical", "meta")},
+        tfce=bool(config["group"].get("tfce")),
+    )
+
+
+def _request(mem_mb: float, minutes: float) -> dict:
+    return {"mem_mb": int(math.ceil(HEADROOM * mem_mb / 100.0) * 100),
+            "runtime": max(2, int(math.ceil(HEADROOM * minutes)))}
+
+
+def estimate(rule: str, w: Workload, n_subjects: int | None = None) -> dict:
+    """``mem_mb`` and ``runtime`` (minutes) to request for one job of a rule.
+
+    Parameters
+    ----------
+    rule : str
+        Rule name (the subject-stage rules by their common prefix
+        ``compute_subject_connectivity``).
+    w : Workload
+    n_subjects : int, optional
+        Subjects in this job (subject-stage chunks; default 1).
+
+    Returns
+    -------
+    dict
+        ``mem_mb`` and ``runtime``.
+    """
+    n = n_subjects or 1
+    # seconds per subject: simulating and processing both grow with grid x volumes
+    per_subject_s = 2.0 + 2.0e-7 * w.grid_voxels * w.n_volumes
+    # one permutation of a voxelwise GLM costs about 1.5 ns per subject x voxel
+    perm_s = {k: 1.5e-9 * w.n_subjects * w.mask_voxels * NETWORKS * v * (10 if w.tfce else 1)
+              for k, v in w.permutations.items()}
+    maps_mb = w.n_subjects * w.mask_voxels * NETWORKS * 8 / 1e6  # every subject map, float64
+    models = {
+        "simulate_study": (300 + 3 * w.bold_mb, 1 + w.max_study_subjects * per_subject_s / 60),
+        "simulate": (300, 1),
+        "compute_subject_connectivity": (250 + 2 * w.bold_mb, 0.5 + n * per_subject_s / 60),
+        "summarise_study_qc": (300, 1),
+        "make_network_masks": (400 + maps_mb / NETWORKS, 1 + w.n_subjects / 2000),
+        "compare_groups_study": (400 + 2 * maps_mb * w.max_study_subjects / w.n_subjects, 2),
+        "compare_groups_pooled": (600 + 3 * maps_mb, 2 + w.n_subjects / 500
+                                  + perm_s["group"] / 60),
+        "clinical_study": (400, 2),
+        "clinical_pooled": (600 + 3 * maps_mb, 2 + w.n_subjects / 500 + perm_s["clinical"] / 60),
+        "meta_networks": (400, 2),
+        "meta_voxelwise": (400 + 40 * w.n_studies * w.mask_voxels * 8 / 1e6,
+                           1 + 1e-8 * w.permutations["meta"] * w.n_studies * w.mask_voxels),
+        "meta_vs_mega": (300, 1),
+        "build_report": (1000 + w.n_subjects * 0.2, 5 + w.n_subjects / 1000),
+    }
+    if rule not in models:
+        raise KeyError(f"no resource model for rule {rule!r}")
+    return _request(*models[rule])
+
+
+def rule_resource(config: dict, rule: str, key: str, w: Workload, n_subjects: int | None = None):
+    """A rule's ``threads``, ``mem_mb`` or ``runtime``: the config's value, else the estimate.
+
+    Parameters
+    ----------
+    config : dict
+        Validated config (its ``resources`` section).
+    rule, key : str
+    w : Workload
+    n_subjects : int, optional
+        Subjects in a subject-stage job: an estimate covers them all, and a configured
+        ``runtime`` of ``compute_subject_connectivity`` (per subject) is multiplied by it.
+    """
+    value = config["resources"][rule].get(key)
+    if value is None:
+        return estimate(rule, w, n_subjects)[key]
+    if key == "runtime" and n_subjects:
+        return value * n_subjects
+    return value

@@ -1,0 +1,67 @@
+"""Resource requests grow with the inputs and config values replace the estimates."""
+
+import pytest
+
+from msnet.config import validate_config
+from msnet.io.plan import build_plan
+from msnet.resources import Workload, estimate, rule_resource, workload
+
+RULES = ["simulate_study", "simulate", "compute_subject_connectivity", "summarise_study_qc",
+         "make_network_masks", "compare_groups_study", "compare_groups_pooled",
+         "clinical_study", "clinical_pooled", "meta_networks", "meta_voxelwise",
+         "meta_vs_mega", "build_report"]
+
+
+def _workload(**changes):
+    base = dict(n_subjects=189, max_study_subjects=22, n_studies=25, grid_voxels=116_380,
+                n_volumes=140, permutations={"group": 1000, "clinical": 1000, "meta": 500})
+    return Workload(**{**base, **changes})
+
+
+def test_every_rule_of_the_schema_has_a_model():
+    config = validate_config({})
+    assert set(config["resources"]) - {"subjects_per_job"} == set(RULES)
+    for rule in RULES:
+        request = estimate(rule, _workload())
+        assert request["mem_mb"] >= 100 and request["runtime"] >= 2
+
+
+def test_requests_grow_with_subjects_voxels_and_permutations():
+    small, big = _workload(), _workload(n_subjects=2410, max_study_subjects=428)
+    assert estimate("compare_groups_pooled", big)["mem_mb"] > 4 * estimate(
+        "compare_groups_pooled", small)["mem_mb"]
+    assert estimate("simulate_study", big)["runtime"] > estimate("simulate_study", small)["runtime"]
+    fine = _workload(grid_voxels=1_082_035, n_volumes=300)  # fMRIPrep 2 mm, 300 volumes
+    assert estimate("compute_subject_connectivity", fine)["mem_mb"] > 4 * estimate(
+        "compute_subject_connectivity", small)["mem_mb"]
+    assert estimate("compute_subject_connectivity", small, 10)["runtime"] > estimate(
+        "compute_subject_connectivity", small, 1)["runtime"]
+    more = _workload(permutations={"group": 10000, "clinical": 1000, "meta": 500})
+    assert estimate("compare_groups_pooled", more)["runtime"] > estimate(
+        "compare_groups_pooled", small)["runtime"]
+    assert estimate("compare_groups_pooled", _workload(tfce=True))["runtime"] > estimate(
+        "compare_groups_pooled", small)["runtime"]
+
+
+def test_demo_workload_comes_from_the_simulation_settings():
+    config = validate_config({"simulate": {"n_studies": 3, "resolution_mm": 8}})
+    w = workload(config, build_plan(config))
+    assert w.n_studies == 3 and w.n_volumes == config["simulate"]["n_volumes"]
+    assert w.grid_voxels == 23 * 28 * 23  # 182 x 218 x 182 mm at 8 mm
+    assert w.permutations["group"] == config["group"]["n_permutations"]
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(KeyError, match="no resource model"):
+        estimate("no_such_rule", _workload())
+
+
+def test_config_values_replace_the_estimates():
+    config = validate_config({"resources": {"compare_groups_pooled": {"mem_mb": 8000},
+                                            "compute_subject_connectivity": {"runtime": 3}}})
+    w = _workload()
+    assert rule_resource(config, "compare_groups_pooled", "mem_mb", w) == 8000
+    assert rule_resource(config, "compare_groups_pooled", "runtime", w) == estimate(
+        "compare_groups_pooled", w)["runtime"]
+    assert rule_resource(config, "compare_groups_pooled", "threads", w) == 2
+    assert rule_resource(config, "compute_subject_connectivity", "runtime", w, 10) == 30
