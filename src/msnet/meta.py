@@ -991,10 +991,48 @@ EGGER_COLUMNS = ["metric", "network", "test", "k", "bias", "bias_se", "t", "df",
 
 METAREG_COLUMNS = [
     "metric", "network", "model", "moderator", "k", "beta", "se", "ci_low", "ci_high", "stat",
-    "df", "p", "p_perm", "qm", "qm_df", "qm_p", "qm_p_perm", "tau2", "tau2_null", "r2", "qe",
-    "qe_df", "qe_p", "i2", "n_permutations", "permutation", "converged", "warning",
+    "df", "p", "p_perm", "q_fdr", "qm", "qm_df", "qm_p", "qm_p_perm", "tau2", "tau2_null", "r2",
+    "qe", "qe_df", "qe_p", "i2", "n_permutations", "permutation", "converged", "warning",
 ]
-"""Columns of ``meta_desc-metaregression_stats.tsv`` (see :func:`meta_regression`)."""
+"""Columns of ``meta_desc-metaregression_stats.tsv`` (see :func:`meta_regression`;
+``q_fdr``: :func:`metaregression_fdr`)."""
+
+
+def metaregression_fdr(table: pd.DataFrame) -> np.ndarray:
+    """Benjamini-Hochberg q of every moderator coefficient of a meta-regression table.
+
+    One family per model type (single-moderator models; joint models) and kind of metric
+    (``within_*``; ``between_*``: the families of the group and clinical stages), so each
+    family spans the metrics x moderators tested together (for the within-network metrics:
+    networks x moderators). The p corrected is the permutation p (``p_perm``) where it was
+    computed, otherwise the parametric ``p``. Intercepts and models that could not be fitted
+    get NaN.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows of ``meta_desc-metaregression_stats.tsv`` (``metric, model, moderator, p``,
+        optional ``p_perm``).
+
+    Returns
+    -------
+    numpy.ndarray
+        q per row, aligned with ``table``.
+    """
+    q = np.full(len(table), np.nan)
+    if table is None or table.empty or "p" not in table:
+        return q
+    p = pd.to_numeric(table["p"], errors="coerce").to_numpy(float)
+    if "p_perm" in table:
+        perm = pd.to_numeric(table["p_perm"], errors="coerce").to_numpy(float)
+        p = np.where(np.isfinite(perm), perm, p)
+    slope = (table["moderator"].astype(str) != "intercept").to_numpy()
+    model = np.where(table["model"].astype(str) == "joint", "joint", "single")
+    kind = table["metric"].astype(str).str.split("_").str[0].to_numpy()
+    for fam in set(zip(model[slope], kind[slope])):
+        rows = slope & (model == fam[0]) & (kind == fam[1])
+        q[rows] = msstats.fdr_bh(p[rows])
+    return q
 
 FOREST_COLUMNS = ["metric", "network", "study", "included", "exclusion_reason", "g", "var_g",
                   "se", "ci_low", "ci_high", "weight", "weight_fixed", "n_ms", "n_hc"]
@@ -1069,7 +1107,7 @@ def meta_networks(study_tables: dict, moderators, out_dir, options: dict | None 
         "networks": _columns(pd.DataFrame(main), NETWORK_COLUMNS),
         "loo": _columns(_concat(loo), LOO_COLUMNS),
         "egger": _columns(pd.DataFrame(egger), EGGER_COLUMNS),
-        "metaregression": _columns(_concat(metareg), METAREG_COLUMNS),
+        "metaregression": _with_fdr(_columns(_concat(metareg), METAREG_COLUMNS)),
         "moderators": mods.reindex([str(s) for s in study_tables])
         .rename_axis("study").reset_index(),
         "forest": pd.concat(forest, ignore_index=True),
@@ -1089,6 +1127,11 @@ def _columns(df, columns):
     for col in set(columns) & {"k", "k_excluded", "q_df", "qe_df", "qm_df", "n_permutations"}:
         df[col] = pd.to_numeric(df[col]).round().astype("Int64")
     return df
+
+
+def _with_fdr(metareg: pd.DataFrame) -> pd.DataFrame:
+    metareg["q_fdr"] = metaregression_fdr(metareg)
+    return metareg
 
 
 def _forest_rows(sub, res, opts):
@@ -1321,10 +1364,12 @@ def voxelwise_metaregression(Y, V, values, opts, network="", name=""):
 def cluster_table(res: dict, mask_img, alpha=0.05, network="") -> pd.DataFrame:
     """Cluster table of a :func:`voxelwise_meta` result via :func:`msnet.stats.cluster_table`.
 
-    Same columns as the group stage's cluster tables (``peak_t`` holds the pooled z; the
-    effect column is ``peak_g``, the pooled g at the peak; ``direction`` ``MS>HC``/``MS<HC``;
+    The group stage's cluster columns (:func:`msnet.stats.cluster_table`) with the
+    statistic named for what it is: ``peak_zstat`` is the pooled z at the peak (the group
+    stage's ``peak_t`` holds a t; ``peak_z`` is the peak's MNI z coordinate); the effect
+    column is ``peak_g``, the pooled g at the peak; ``direction`` ``MS>HC``/``MS<HC``;
     ``peak_p_fwe`` sign-flip voxel FWE; ``cluster_p_fwe`` sign-flip cluster-extent FWE;
-    Harvard-Oxford ``label``), preceded by ``network``.
+    Harvard-Oxford ``label``; preceded by ``network``.
     """
     perm = msstats.PermutationResult(
         t=res["z"], p=res["p"], effect=res["g"], sigma=res["se"], df=0,
@@ -1332,6 +1377,7 @@ def cluster_table(res: dict, mask_img, alpha=0.05, network="") -> pd.DataFrame:
         clusters=res["clusters"],
     )
     table = msstats.cluster_table(perm, mask_img, res["g"], "g", alpha, ("MS>HC", "MS<HC"))
+    table = table.rename(columns={"peak_t": "peak_zstat"})
     table.insert(0, "network", network)
     return table
 

@@ -478,8 +478,13 @@ def test_planted_effect_is_recovered_with_cluster_table(tmp_path):
     top = clusters.iloc[0]
     assert top["network"] == "SMN" and top["direction"] == "MS>HC" and top["size_vox"] >= 6
     assert top["cluster_p_fwe"] < 0.05 and top["peak_p_fwe"] < 0.05 and top["peak_g"] > 0.5
+    # the statistic is a z, named so (peak_z is the MNI z coordinate, as in the group tables)
+    assert "peak_t" not in clusters and top["peak_zstat"] > 3
     peak_ijk = np.linalg.solve(AFFINE, [top["peak_x"], top["peak_y"], top["peak_z"], 1])[:3]
     assert effect[tuple(np.round(peak_ijk).astype(int))] > 0
+    z_map = np.asarray(nib.load(paths["z"]).dataobj)
+    assert top["peak_zstat"] == pytest.approx(z_map[tuple(np.round(peak_ijk).astype(int))],
+                                              rel=1e-5)
     for name in ("age", "duration", "edss", "t2lv"):  # unusable moderators give 0 maps
         for stat in ("beta", "z", "logp_perm"):
             assert paths[f"mod-{name}_{stat}"].exists()
@@ -508,6 +513,40 @@ def test_meta_voxelwise_rejects_maps_off_the_mask_grid(tmp_path):
     nib.Nifti1Image(np.zeros((4, 3, 3), np.float32), AFFINE).to_filename(g_maps["S1"])
     with pytest.raises(MsnetInputError, match="S1"):
         meta.meta_voxelwise(g_maps, v_maps, mask_path, "VN", None, tmp_path / "out")
+
+
+def test_metaregression_fdr_families_and_permutation_p():
+    table = pd.DataFrame({
+        "metric": ["within_DMN", "within_DMN", "within_SN", "within_DMN", "within_DMN",
+                   "between_DMN_SN", "within_VN"],
+        "model": ["single:age", "single:age", "single:edss", "joint", "joint", "single:age",
+                  "single:t2lv"],
+        "moderator": ["intercept", "age", "edss", "age", "edss", "age", "t2lv"],
+        "p": [0.001, 0.01, 0.04, 0.01, 0.02, 0.01, np.nan],
+        "p_perm": [np.nan, 0.02, np.nan, 0.03, 0.5, 0.2, np.nan]})
+    q = meta.metaregression_fdr(table)
+    assert np.isnan(q[0]) and np.isnan(q[6])  # intercept; a model that was not fitted
+    # single-moderator within-network family: p_perm 0.02 (age) and p 0.04 (no p_perm)
+    np.testing.assert_allclose(q[[1, 2]], [0.04, 0.04])
+    np.testing.assert_allclose(q[[3, 4]], [0.06, 0.5])  # the joint model is its own family
+    assert q[5] == pytest.approx(0.2)  # between-network metrics are their own family
+
+
+def test_meta_networks_writes_fdr_of_the_metaregression(tmp_path):
+    rng = np.random.default_rng(3)
+    effects = {f"S{i}": [_row("within_DMN", rng.normal(0.3, 0.2), 0.05),
+                         _row("within_SN", rng.normal(0, 0.2), 0.05)] for i in range(6)}
+    moderators = pd.DataFrame({"study": list(effects), "age": rng.normal(40, 4, 6),
+                               "edss": rng.normal(3, 1, 6)})
+    paths = meta.meta_networks(_write_study_tables(tmp_path, effects), moderators,
+                               tmp_path / "meta", {"n_permutations": 20})
+    reg = pd.read_csv(paths["metaregression"], sep="\t")
+    slopes = reg[(reg["moderator"] != "intercept") & reg["p"].notna()]
+    assert len(slopes) == 2 * 4  # 2 metrics x (age, edss, and both in the joint model)
+    assert slopes["q_fdr"].notna().all()
+    assert reg.loc[(reg["moderator"] == "intercept") | reg["p"].isna(), "q_fdr"].isna().all()
+    assert (slopes["q_fdr"] >= slopes["p_perm"] - 1e-12).all()
+    np.testing.assert_allclose(reg["q_fdr"], meta.metaregression_fdr(reg), equal_nan=True)
 
 
 # ------------------------------------------------------------------------ meta vs mega
