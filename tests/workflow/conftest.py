@@ -5,9 +5,13 @@ functions are called directly, in the order the workflow calls them, so the stat
 acceptance checks (planted effects recovered, clinical null kept) run in a few minutes.
 """
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from msnet import ANALYSIS_NETWORKS
 from msnet.config import validate_config
@@ -142,3 +146,37 @@ def demo_subjects(tmp_path_factory):
                               "simulate": {"n_studies": 4}})
     return {"config": config, "root": Path(config["results_dir"]),
             "subjects": simulate_and_process(config)}
+
+
+# ----------------------------------------------------------- real Snakemake runs
+
+SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+TINY_CONFIG = {
+    "simulate": {"n_studies": 3, "min_per_group": 3, "resolution_mm": 8},
+    "group": {"n_permutations": 50},
+    "clinical": {"n_permutations": 50},
+    "meta": {"n_permutations": 50},
+}
+"""Three small studies on an 8 mm grid, 50 permutations: every stage in a few minutes."""
+
+
+def snakemake_workdir(workdir: Path, config: dict) -> list:
+    """Prepare a working directory of its own for a Snakemake run (its own ``.snakemake/``
+    with locks and metadata, not the checkout's) and return the command's first arguments."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "config.yaml", workdir / "config.yaml")  # the Snakefile's configfile
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--configfile",
+            str(workdir / "tiny.yaml")]
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory):
+    """The tiny config run once by ``snakemake --cores 2``, uninterrupted (shared by the
+    end-to-end test and the kill-and-resume test)."""
+    workdir = tmp_path_factory.mktemp("tiny_workflow")
+    results = workdir / "results"
+    command = snakemake_workdir(workdir, {**TINY_CONFIG, "results_dir": str(results)})
+    proc = subprocess.run([*command, "--cores", "2"], cwd=workdir, capture_output=True,
+                          text=True, timeout=1800)
+    return {"workdir": workdir, "results": results, "proc": proc}
