@@ -1049,18 +1049,21 @@ def compute_subjects(subjects: list, options: dict, threads: int | None = None) 
     list of dict
         Each subject's QC dictionary.
     """
+    from msnet.logs import subject_context
+
     results = []
     with thread_limits(threads):
         for i, subject in enumerate(subjects, start=1):
             logger.info("subject %d of %d in this job: %s", i, len(subjects),
                         subject["participant_id"])
-            results.append(compute_subject_connectivity(
-                subject["fmriprep_dir"], subject["participant_id"], subject["out_paths"],
-                denoise_options=options["denoise"], qc_options=options["qc"],
-                connectivity_options=options["connectivity"], task=subject["task"],
-                space=subject["space"], multi_run=options["multi_run"],
-                lesion_mask=subject["lesion_mask"], study_id=subject["study_id"],
-            ))
+            with subject_context(subject["participant_id"]):
+                results.append(compute_subject_connectivity(
+                    subject["fmriprep_dir"], subject["participant_id"], subject["out_paths"],
+                    denoise_options=options["denoise"], qc_options=options["qc"],
+                    connectivity_options=options["connectivity"], task=subject["task"],
+                    space=subject["space"], multi_run=options["multi_run"],
+                    lesion_mask=subject["lesion_mask"], study_id=subject["study_id"],
+                ))
     return results
 
 

@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
 from pathlib import Path
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(subject)s%(message)s"
+
+_SUBJECT = contextvars.ContextVar("msnet_subject", default=None)
+
+
+class _SubjectFilter(logging.Filter):
+    """Prefix each record with the subject being processed, unless it already names it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        subject = _SUBJECT.get()
+        record.subject = (f"{subject}: " if subject and subject not in record.getMessage()
+                          else "")
+        return True
+
+
+@contextlib.contextmanager
+def subject_context(participant_id: str):
+    """Name ``participant_id`` in every log line written inside the ``with`` block.
+
+    A subject-stage job processes several subjects; every warning (an exclusion, an empty
+    sphere) must say whose it is.
+    """
+    token = _SUBJECT.set(participant_id)
+    try:
+        yield
+    finally:
+        _SUBJECT.reset(token)
 
 
 def log_to_file(path, level=logging.INFO) -> None:
@@ -23,6 +51,8 @@ def log_to_file(path, level=logging.INFO) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
     handlers = [logging.FileHandler(path, mode="w"), console]
+    for handler in handlers:
+        handler.addFilter(_SubjectFilter())
     logging.basicConfig(level=level, format=FORMAT, handlers=handlers, force=True)
     logging.captureWarnings(True)
     sys.excepthook = _report_input_errors

@@ -26,3 +26,24 @@ def test_other_errors_keep_their_traceback(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+def test_log_lines_name_the_subject_being_processed(tmp_path):
+    log = tmp_path / "job.log"
+    script = (
+        "import logging\n"
+        "from msnet.logs import log_to_file, subject_context\n"
+        f"log_to_file({str(log)!r})\n"
+        "log = logging.getLogger('msnet.connectivity')\n"
+        "with subject_context('sub-01'):\n"
+        "    log.warning('excluded: dual regression ill-conditioned')\n"
+        "    log.warning('sub-01: done')\n"
+        "log.warning('outside any subject')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0].endswith("msnet.connectivity: sub-01: excluded: dual regression ill-conditioned")
+    assert lines[1].endswith("msnet.connectivity: sub-01: done")  # not named twice
+    assert lines[2].endswith("msnet.connectivity: outside any subject")
+    assert "sub-01: excluded" in proc.stderr

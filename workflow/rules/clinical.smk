@@ -1,9 +1,5 @@
 """Stage 4: connectivity ~ disease duration + EDSS (+ covariates) within MS."""
 
-CLINICAL_DIR = f"{R}/clinical"
-CLINICAL_OPTIONS = {**config["clinical"], "seed": config["seed"]}
-
-
 rule clinical_study:
     input:
         participants=lambda wc: participants_tsv(wc.study),
@@ -14,7 +10,7 @@ rule clinical_study:
         qc=lambda wc: subject_files("qc", wc.study),
         networks=lambda wc: subject_files("networks", wc.study),
         options=CLINICAL_OPTIONS,
-        out_dir=CLINICAL_DIR,
+        out_dir=output_folder("table"),
     log:
         f"{R}/logs/clinical_study/study-{{study}}.log",
     benchmark:
@@ -43,7 +39,7 @@ rule clinical_pooled:
         maps=subject_maps(),
         masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
         options=CLINICAL_OPTIONS,
-        out_dir=CLINICAL_DIR,
+        out_dir=output_folder("table"),
     log:
         f"{R}/logs/clinical_pooled.log",
     benchmark:

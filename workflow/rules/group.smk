@@ -1,42 +1,5 @@
 """Stage 3: MS vs HC per study and pooled (network level and voxelwise)."""
 
-GROUP_DIR = f"{R}/group"
-MASK_PATTERN = f"{GROUP_DIR}/masks/network-{{net}}_mask.nii.gz"
-GROUP_OPTIONS = {**config["group"], "seed": config["seed"]}
-
-
-def participants_tsv(study):
-    """The study's participants.tsv (for the demo, written by rule simulate_study)."""
-    if SIMULATE:
-        return f"{SIM_DIR}/study-{study}/participants.tsv"
-    return STUDY_ROWS[study]["participants_tsv"]
-
-
-SUBJECT_PATHS = {study: [] for study in STUDIES}  # study -> each subject's output paths
-for _row in PLAN.subjects.itertuples():
-    SUBJECT_PATHS[_row.study_id].append(subject_outputs(R, _row.study_id, _row.label))
-
-
-def subject_files(kind, study=None, net=None):
-    """Subject-stage outputs of every subject (of one study when `study` is given)."""
-    studies = STUDIES if study is None else [study]
-    paths = [p for s in studies for p in SUBJECT_PATHS[s]]
-    return [p["maps"][net] if kind == "map" else p[kind] for p in paths]
-
-
-def subject_maps(study=None):
-    return {net: subject_files("map", study, net) for net in NETWORKS}
-
-
-def qc_tables(study=None):
-    """The study QC tables that stand for the subject outputs in later rules' inputs.
-
-    Later rules take the per-subject files as params: one graph edge per study instead of
-    six per subject keeps `snakemake -n` fast at 2,410 subjects.
-    """
-    return [study_qc_table(R, s) for s in (STUDIES if study is None else [study])]
-
-
 rule make_network_masks:
     input:
         qc_tables=qc_tables(),
@@ -46,7 +9,7 @@ rule make_network_masks:
         qc=subject_files("qc"),
         maps=subject_maps(),
         options=GROUP_OPTIONS,
-        out_dir=f"{GROUP_DIR}/masks",
+        out_dir=output_folder("masks"),
     log:
         f"{R}/logs/make_network_masks.log",
     benchmark:
@@ -75,7 +38,7 @@ rule compare_groups_study:
         maps=lambda wc: subject_maps(wc.study),
         masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
         options=GROUP_OPTIONS,
-        out_dir=lambda wc: f"{GROUP_DIR}/study-{wc.study}",
+        out_dir=output_folder("table"),
     log:
         f"{R}/logs/compare_groups_study/study-{{study}}.log",
     benchmark:
@@ -108,7 +71,7 @@ rule compare_groups_pooled:
         maps=subject_maps(),
         masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
         options=GROUP_OPTIONS,
-        out_dir=POOLED_DIR,
+        out_dir=output_folder("table"),
     log:
         f"{R}/logs/compare_groups_pooled.log",
     benchmark:

@@ -1,15 +1,5 @@
 """Stage 5: random-effects meta-analysis across studies, meta-regression, meta vs mega."""
 
-META_DIR = f"{R}/meta"
-META_OPTIONS = {**config["meta"], "seed": config["seed"]}
-META_TABLES = ["networks", "loo", "egger", "metaregression"]
-
-
-def study_maps(stat, net):
-    return {s: f"{GROUP_DIR}/study-{s}/study-{s}_network-{net}_stat-{stat}_map.nii.gz"
-            for s in STUDIES}
-
-
 rule meta_networks:
     input:
         tables=expand(rules.compare_groups_study.output.table, study=STUDIES),
@@ -22,7 +12,7 @@ rule meta_networks:
         tables=dict(zip(STUDIES, expand(rules.compare_groups_study.output.table, study=STUDIES))),
         participants={s: participants_tsv(s) for s in STUDIES},
         options=META_OPTIONS,
-        out_dir=META_DIR,
+        out_dir=output_folder("moderators"),
     log:
         f"{R}/logs/meta_networks.log",
     benchmark:
@@ -49,7 +39,7 @@ rule meta_voxelwise:
         g=lambda wc: study_maps("g", wc.net),
         varg=lambda wc: study_maps("varg", wc.net),
         options=META_OPTIONS,
-        out_dir=META_DIR,
+        out_dir=output_folder("clusters"),
     log:
         f"{R}/logs/meta_voxelwise/network-{{net}}.log",
     benchmark:

@@ -49,11 +49,12 @@ rule build_report:
         html=f"{R}/report.html",
         comparison=report(f"{R}/report_desc-published_comparison.tsv",
                           caption="../report/published_comparison.rst", category="Findings"),
+        citations=f"{R}/citations.bib",
         figures=REPORT_FIGURES,
         svg=[p for paths in figure_paths(FIGURES_DIR, NETWORKS, "svg").values() for p in paths],
     params:
         inputs=REPORT_INPUTS,
-        figures_dir=FIGURES_DIR,
+        figures_dir=output_folder("figures"),
     log:
         f"{R}/logs/build_report.log",
     benchmark:

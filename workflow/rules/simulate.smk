@@ -1,9 +1,5 @@
 """Stage 1 (demo only): write the synthetic fMRIPrep-like dataset."""
 
-from msnet.io.plan import simulated_dataset_dir
-
-SIM_DIR = str(simulated_dataset_dir(R))
-
 # A study's participants.tsv is written last, after all of its subjects' files, so it is the
 # one output later rules depend on (Snakemake outputs cannot vary in number per wildcard).
 
@@ -16,7 +12,7 @@ if SIMULATE:
         params:
             sim=config["simulate"],
             seed=config["seed"],
-            out_dir=SIM_DIR,
+            out_dir=output_folder("participants", up=2),
         log:
             f"{R}/logs/simulate_study/study-{{study}}.log",
         benchmark:
@@ -37,7 +33,7 @@ if SIMULATE:
         params:
             sim=config["simulate"],
             seed=config["seed"],
-            out_dir=SIM_DIR,
+            out_dir=output_folder("studies"),
         log:
             f"{R}/logs/simulate.log",
         benchmark:
