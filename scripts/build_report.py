@@ -5,4 +5,5 @@ from msnet.report import build_report
 
 log_to_file(snakemake.log[0])
 build_report(snakemake.config, snakemake.params.inputs, snakemake.output.html,
-             snakemake.params.figures_dir, snakemake.output.comparison)
+             snakemake.params.figures_dir, snakemake.output.comparison,
+             snakemake.output.citations)

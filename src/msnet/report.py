@@ -1,12 +1,19 @@
 """The HTML report (DESIGN stage 6): every result of the run in one self-contained page.
 
 * :func:`compare_with_published` – is each published MS-vs-HC finding recovered by a map?
-* :func:`methods_text` – a methods paragraph written from the configuration actually used;
+* :func:`methods_text` – a methods paragraph written from the configuration actually used
+  (and, in the report, from the options the stages recorded in their outputs), citing only
+  the works those options used; :func:`citations_bib` – their BibTeX entries with DOIs;
 * :func:`build_report` – the one function the Snakemake rule ``report`` calls: reads all
   result files, draws every figure (:mod:`msnet.plotting`) into ``results/figures/`` and
   writes ``results/report.html`` (PNG figures embedded as base64, inline CSS, no external
-  resources: it opens offline and can be mailed as one file) and
-  ``results/report_desc-published_comparison.tsv``.
+  resources: it opens offline and can be mailed as one file),
+  ``results/report_desc-published_comparison.tsv`` and ``results/citations.bib``.
+
+Conclusions on the published clinical null (disease duration, EDSS) come from
+multiplicity-corrected results only (FDR of the pooled clinical models and of the
+meta-regression) and are stated once, identically, in the clinical and meta-regression
+sections (:meth:`_Report.clinical_verdict`).
 
 The page is written from plain strings (no template engine) and holds no time stamp, so the
 same results give the same bytes.
@@ -20,6 +27,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,40 +67,193 @@ SOFTWARE = ("msnet", "nilearn", "nibabel", "statsmodels", "nimare", "pymare", "n
             "scipy", "pandas", "matplotlib", "snakemake")
 """Distributions whose versions :func:`software_versions` reports."""
 
-REFERENCES = {
-    "esteban2019": "Esteban O, et al. fMRIPrep: a robust preprocessing pipeline for functional "
-                   "MRI. Nat Methods. 2019;16:111-116.",
-    "abraham2014": "Abraham A, et al. Machine learning for neuroimaging with scikit-learn. "
-                   "Front Neuroinform. 2014;8:14.",
-    "power2012": "Power JD, et al. Spurious but systematic correlations in functional "
-                 "connectivity MRI networks arise from subject motion. NeuroImage. "
-                 "2012;59:2142-2154.",
-    "nickerson2017": "Nickerson LD, et al. Using dual regression to investigate network shape "
-                     "and amplitude in functional connectivity analyses. Front Neurosci. "
-                     "2017;11:115.",
-    "seitzman2018": "Seitzman BA, et al. A set of functionally-defined brain regions with "
-                    "improved representation of the subcortex and cerebellum. NeuroImage. "
-                    "2020;206:116290 (preprint 2018).",
-    "hedges1981": "Hedges LV. Distribution theory for Glass's estimator of effect size and "
-                  "related estimators. J Educ Stat. 1981;6:107-128.",
-    "dersimonian1986": "DerSimonian R, Laird N. Meta-analysis in clinical trials. Control Clin "
-                       "Trials. 1986;7:177-188.",
-    "viechtbauer2005": "Viechtbauer W. Bias and efficiency of meta-analytic variance "
-                       "estimators in the random-effects model. J Educ Behav Stat. "
-                       "2005;30:261-293.",
-    "viechtbauer2010": "Viechtbauer W. Conducting meta-analyses in R with the metafor package. "
-                       "J Stat Softw. 2010;36(3):1-48.",
-    "egger1997": "Egger M, et al. Bias in meta-analysis detected by a simple, graphical test. "
-                 "BMJ. 1997;315:629-634.",
-    "winkler2014": "Winkler AM, et al. Permutation inference for the general linear model. "
-                   "NeuroImage. 2014;92:381-397.",
-    "smith2009": "Smith SM, Nichols TE. Threshold-free cluster enhancement: addressing "
-                 "problems of smoothing, threshold dependence and localisation in cluster "
-                 "inference. NeuroImage. 2009;44:83-98.",
-    "molder2021": "M\u00f6lder F, et al. Sustainable data analysis with Snakemake. "
-                  "F1000Research. 2021;10:33.",
-}
-"""Works cited by :func:`methods_text`."""
+@dataclass(frozen=True)
+class Reference:
+    """One cited work: in-text citation, list entry and BibTeX entry come from these fields.
+
+    Every DOI was checked against a published copy of the reference; a work whose DOI
+    could not be confirmed has none rather than a guessed one.
+    """
+
+    key: str
+    cite: str
+    authors: tuple
+    title: str
+    venue: str
+    year: int | None = None
+    volume: str = ""
+    pages: str = ""
+    doi: str = ""
+    kind: str = "article"
+    url: str = ""
+    note: str = ""
+    et_al: bool = False
+
+    def text(self) -> str:
+        """Vancouver-style list entry."""
+        who = ", ".join(self.authors) + (", et al" if self.et_al else "")
+        out = (f"{who}. " if who else "") + f"{self.title}. {self.venue}"
+        if self.year:
+            out += f". {self.year}"
+            if self.volume:
+                out += f";{self.volume}"
+            if self.pages:
+                out += f":{self.pages}"
+        out += "."
+        if self.doi:
+            out += f" doi:{self.doi}"
+        elif self.url:
+            out += f" {self.url}"
+        if self.note:
+            out += f" ({self.note})"
+        return out
+
+    def bibtex(self) -> str:
+        """BibTeX entry (UTF-8)."""
+        names = [_bib_name(a) for a in self.authors] + (["others"] if self.et_al else [])
+        fields = ([("author", " and ".join(names))] if names else []) + [
+            ("title", "{" + self.title + "}")]
+        fields.append(("journal" if self.kind == "article" else
+                       "booktitle" if self.kind == "inproceedings" else "howpublished",
+                       self.venue))
+        fields += [(k, str(v)) for k, v in (("year", self.year), ("volume", self.volume),
+                                            ("pages", self.pages.replace("-", "--")),
+                                            ("doi", self.doi), ("url", self.url),
+                                            ("note", self.note)) if v]
+        body = ",\n".join(f"  {k} = {{{v}}}" for k, v in fields)
+        return f"@{self.kind}{{{self.key},\n{body}\n}}\n"
+
+
+def _bib_name(vancouver: str) -> str:
+    """``"Esteban O"`` -> ``"Esteban, O."``; a group author stays one braced name."""
+    last, _, initials = vancouver.rpartition(" ")
+    if not last or not initials.isupper() or len(initials) > 3:
+        return "{" + vancouver + "}"
+    return f"{last}, " + " ".join(f"{c}." for c in initials)
+
+
+REFERENCE_META_ANALYSIS = ("Disrupted and reorganized connectivity of brain networks in "
+                           "multiple sclerosis: a systematic review and meta-analysis of "
+                           "resting-state functional MRI")
+"""Title of the meta-analysis msnet reproduces (J Neurol; 25 ICA studies, 1,524 MS / 886 HC)."""
+
+_REFS = (
+    Reference("jneurol_ms_rsfmri_meta", "J Neurol, \u2018Disrupted and reorganized connectivity "
+              "of brain networks in multiple sclerosis\u2019", (),
+              REFERENCE_META_ANALYSIS, "Journal of Neurology",
+              note="the meta-analysis msnet reproduces; authors, year and DOI are not "
+                   "recorded by msnet: complete them from the journal before citing"),
+    Reference("esteban2019", "Esteban et al., 2019", ("Esteban O", "Markiewicz CJ",
+                                                      "Blair RW"),
+              "fMRIPrep: a robust preprocessing pipeline for functional MRI",
+              "Nature Methods", 2019, "16", "111-116", "10.1038/s41592-018-0235-4",
+              et_al=True),
+    Reference("abraham2014", "Abraham et al., 2014", ("Abraham A", "Pedregosa F",
+                                                      "Eickenberg M"),
+              "Machine learning for neuroimaging with scikit-learn",
+              "Frontiers in Neuroinformatics", 2014, "8", "14", "10.3389/fninf.2014.00014",
+              et_al=True),
+    Reference("power2012", "Power et al., 2012", ("Power JD", "Barnes KA", "Snyder AZ",
+                                                  "Schlaggar BL", "Petersen SE"),
+              "Spurious but systematic correlations in functional connectivity MRI networks "
+              "arise from subject motion", "NeuroImage", 2012, "59", "2142-2154",
+              "10.1016/j.neuroimage.2011.10.018"),
+    Reference("nickerson2017", "Nickerson et al., 2017", ("Nickerson LD", "Smith SM",
+                                                          "\u00d6ng\u00fcr D", "Beckmann CF"),
+              "Using dual regression to investigate network shape and amplitude in "
+              "functional connectivity analyses", "Frontiers in Neuroscience", 2017, "11",
+              "115", "10.3389/fnins.2017.00115"),
+    Reference("seitzman2020", "Seitzman et al., 2020", ("Seitzman BA", "Gratton C",
+                                                        "Marek S"),
+              "A set of functionally-defined brain regions with improved representation of "
+              "the subcortex and cerebellum", "NeuroImage", 2020, "206", "116290",
+              "10.1016/j.neuroimage.2019.116290", et_al=True),
+    Reference("hedges1981", "Hedges, 1981", ("Hedges LV",),
+              "Distribution theory for Glass's estimator of effect size and related "
+              "estimators", "Journal of Educational Statistics", 1981, "6", "107-128",
+              "10.3102/10769986006002107"),
+    Reference("seabold2010", "Seabold & Perktold, 2010", ("Seabold S", "Perktold J"),
+              "statsmodels: econometric and statistical modeling with Python",
+              "Proceedings of the 9th Python in Science Conference", 2010, "", "92-96",
+              "10.25080/Majora-92bf1922-011", kind="inproceedings"),
+    Reference("winkler2014", "Winkler et al., 2014", ("Winkler AM", "Ridgway GR",
+                                                      "Webster MA", "Smith SM", "Nichols TE"),
+              "Permutation inference for the general linear model", "NeuroImage", 2014,
+              "92", "381-397", "10.1016/j.neuroimage.2014.01.060"),
+    Reference("smith2009", "Smith & Nichols, 2009", ("Smith SM", "Nichols TE"),
+              "Threshold-free cluster enhancement: addressing problems of smoothing, "
+              "threshold dependence and localisation in cluster inference", "NeuroImage",
+              2009, "44", "83-98", "10.1016/j.neuroimage.2008.03.061"),
+    Reference("benjamini1995", "Benjamini & Hochberg, 1995", ("Benjamini Y", "Hochberg Y"),
+              "Controlling the false discovery rate: a practical and powerful approach to "
+              "multiple testing", "Journal of the Royal Statistical Society: Series B", 1995,
+              "57", "289-300", "10.1111/j.2517-6161.1995.tb02031.x"),
+    Reference("viechtbauer2005", "Viechtbauer, 2005", ("Viechtbauer W",),
+              "Bias and efficiency of meta-analytic variance estimators in the random-effects "
+              "model", "Journal of Educational and Behavioral Statistics", 2005, "30",
+              "261-293", "10.3102/10769986030003261"),
+    Reference("dersimonian1986", "DerSimonian & Laird, 1986", ("DerSimonian R", "Laird N"),
+              "Meta-analysis in clinical trials", "Controlled Clinical Trials", 1986, "7",
+              "177-188", "10.1016/0197-2456(86)90046-2"),
+    Reference("knapp2003", "Knapp & Hartung, 2003", ("Knapp G", "Hartung J"),
+              "Improved tests for a random effects meta-regression with a single covariate",
+              "Statistics in Medicine", 2003, "22", "2693-2710", "10.1002/sim.1482"),
+    Reference("higgins2002", "Higgins & Thompson, 2002", ("Higgins JPT", "Thompson SG"),
+              "Quantifying heterogeneity in a meta-analysis", "Statistics in Medicine", 2002,
+              "21", "1539-1558", "10.1002/sim.1186"),
+    Reference("viechtbauer2007", "Viechtbauer, 2007", ("Viechtbauer W",),
+              "Confidence intervals for the amount of heterogeneity in meta-analysis",
+              "Statistics in Medicine", 2007, "26", "37-52", "10.1002/sim.2514"),
+    Reference("viechtbauer2010", "Viechtbauer, 2010", ("Viechtbauer W",),
+              "Conducting meta-analyses in R with the metafor package",
+              "Journal of Statistical Software", 2010, "36(3)", "1-48",
+              "10.18637/jss.v036.i03"),
+    Reference("egger1997", "Egger et al., 1997", ("Egger M", "Davey Smith G", "Schneider M",
+                                                  "Minder C"),
+              "Bias in meta-analysis detected by a simple, graphical test", "BMJ", 1997,
+              "315", "629-634", "10.1136/bmj.315.7109.629"),
+    Reference("pymare", "PyMARE developers", ("PyMARE developers",),
+              "PyMARE: Python Meta-Analysis & Regression Engine", "Software",
+              kind="misc", url="https://github.com/neurostuff/PyMARE"),
+    Reference("makris2006", "Makris et al., 2006", ("Makris N", "Goldstein JM", "Kennedy D"),
+              "Decreased volume of left and total anterior insular lobule in schizophrenia",
+              "Schizophrenia Research", 2006, "83", "155-171", "10.1016/j.schres.2005.11.020",
+              et_al=True),
+    Reference("desikan2006", "Desikan et al., 2006", ("Desikan RS", "S\u00e9gonne F",
+                                                      "Fischl B"),
+              "An automated labeling system for subdividing the human cerebral cortex on MRI "
+              "scans into gyral based regions of interest", "NeuroImage", 2006, "31",
+              "968-980", "10.1016/j.neuroimage.2006.01.021", et_al=True),
+    Reference("salo2023", "Salo et al., 2023", ("Salo T", "Yarkoni T", "Nichols TE"),
+              "NiMARE: Neuroimaging Meta-Analysis Research Environment", "Aperture Neuro",
+              2023, "3", "1-32", "10.52294/001c.87681", et_al=True),
+    Reference("molder2021", "M\u00f6lder et al., 2021", ("M\u00f6lder F", "Jablonski KP",
+                                                          "Letcher B"),
+              "Sustainable data analysis with Snakemake", "F1000Research", 2021, "10", "33",
+              "10.12688/f1000research.29032.2", et_al=True),
+)
+
+REFERENCES = {r.key: r for r in _REFS}
+"""Works :func:`methods_text` can cite (:class:`Reference`), by BibTeX key. A run's
+reference list holds exactly those its methods text cites (:func:`cited_references`)."""
+
+
+def _cite(*keys) -> str:
+    """Parenthetical in-text citation of :data:`REFERENCES` ``keys``."""
+    return "(" + "; ".join(REFERENCES[k].cite for k in keys) + ")"
+
+
+def cited_references(text: str) -> list:
+    """The :class:`Reference` objects whose citation occurs in ``text``, in list order
+    (first author, then year)."""
+    found = [r for r in _REFS if f"({r.cite}" in text or f"; {r.cite}" in text]
+    return sorted(found, key=lambda r: (r.authors[0].lower() if r.authors else r.title.lower(),
+                                        r.year or 0))
+
+
+def citations_bib(text: str) -> str:
+    """BibTeX of every work cited in a methods ``text`` (:func:`cited_references`)."""
+    return "\n".join(r.bibtex() for r in cited_references(text))
 
 NA_TEXT = "not available"
 
@@ -152,8 +313,11 @@ def compare_with_published(stat_img, logp_fwe_img, network, alpha=0.05,
     -------
     pandas.DataFrame
         One row per finding: ``finding, network, direction`` (``MS>HC``/``MS<HC``),
-        ``published_label, published_x, published_y, published_z, found, peak_x, peak_y,
-        peak_z, distance_mm, statistic, peak_label`` (Harvard-Oxford), ``p_fwe, note``.
+        ``published_label, representative_x, representative_y, representative_z`` (msnet's
+        representative MNI coordinate of the published region, not a published value: the
+        paper reports regions), ``found, peak_x, peak_y, peak_z, distance_mm`` (to the
+        representative coordinate), ``statistic, peak_label`` (Harvard-Oxford), ``p_fwe,
+        note``.
     """
     from scipy import ndimage
 
@@ -185,8 +349,8 @@ def compare_with_published(stat_img, logp_fwe_img, network, alpha=0.05,
         cand = np.flatnonzero(local & near & sig)
         word = "MS>HC" if f.direction > 0 else "MS<HC"
         row = {"finding": f.finding, "network": f.network, "direction": word,
-               "published_label": f.label, "published_x": f.x, "published_y": f.y,
-               "published_z": f.z, "found": bool(cand.size), "peak_x": np.nan,
+               "published_label": f.label, "representative_x": f.x, "representative_y": f.y,
+               "representative_z": f.z, "found": bool(cand.size), "peak_x": np.nan,
                "peak_y": np.nan, "peak_z": np.nan, "distance_mm": np.nan,
                "statistic": np.nan, "peak_label": "", "p_fwe": np.nan, "note": ""}
         if cand.size:
@@ -210,10 +374,12 @@ def compare_with_published(stat_img, logp_fwe_img, network, alpha=0.05,
 
 
 COMPARISON_COLUMNS = ["analysis", "finding", "network", "direction", "published_label",
-                      "published_x", "published_y", "published_z", "found", "peak_x",
-                      "peak_y", "peak_z", "distance_mm", "statistic", "peak_label", "p_fwe",
-                      "note"]
-"""Columns of ``report_desc-published_comparison.tsv`` (``analysis``: ``meta`` or ``mega``)."""
+                      "representative_x", "representative_y", "representative_z", "found",
+                      "peak_x", "peak_y", "peak_z", "distance_mm", "statistic", "peak_label",
+                      "p_fwe", "note"]
+"""Columns of ``report_desc-published_comparison.tsv`` (``analysis``: ``meta`` or ``mega``;
+``representative_*``: msnet's chosen MNI coordinate of each published region, which the
+reference meta-analysis reports by name only)."""
 
 
 def published_comparison(meta_maps: dict | None, pooled_maps: dict | None, alpha_meta=0.05,
@@ -249,8 +415,8 @@ def published_comparison(meta_maps: dict | None, pooled_maps: dict | None, alpha
                 table = pd.DataFrame({
                     "finding": pub["finding"], "network": net,
                     "direction": np.where(pub["direction"] > 0, "MS>HC", "MS<HC"),
-                    "published_label": pub["label"], "published_x": pub["x"],
-                    "published_y": pub["y"], "published_z": pub["z"], "found": False,
+                    "published_label": pub["label"], "representative_x": pub["x"],
+                    "representative_y": pub["y"], "representative_z": pub["z"], "found": False,
                     "note": f"{analysis} map not available"})
             frames.append(table.assign(analysis=analysis))
     return pd.concat(frames, ignore_index=True).reindex(columns=COMPARISON_COLUMNS)
@@ -297,15 +463,15 @@ def _section_options(config: dict) -> dict:
     return {k: {**v, **(config.get(k) or {})} for k, v in defaults.items()}
 
 
-def _join(items) -> str:
+def _join(items, word: str = "and") -> str:
     items = [str(i) for i in items]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} " + items[-1]
 
 
 def _denoise_text(d: dict) -> str:
     if d["strategy"] != "custom":
         conf = (f"nilearn's '{d['strategy']}' confound strategy (load_confounds_strategy with "
-                "its preset parameters)")
+                f"its preset parameters) {_cite('abraham2014')}")
     else:
         parts = []
         if d["motion"]:
@@ -317,7 +483,7 @@ def _denoise_text(d: dict) -> str:
         if d["compcor"]:
             parts.append(f"{d['n_compcor']} {d['compcor']} CompCor components")
         conf = (f"{_join(parts) if parts else 'no confound regressors'}, selected with nilearn's "
-                "load_confounds (Abraham et al., 2014)")
+                f"load_confounds {_cite('abraham2014')}")
         if d["scrub"] is not None:
             conf += (f"; volumes with framewise displacement (FD) > {d['fd_threshold']} mm or "
                      f"standardised DVARS > {d['std_dvars_threshold']} were censored "
@@ -333,20 +499,6 @@ def _denoise_text(d: dict) -> str:
             f"Signals were {smooth} and cleaned in one step with the semantics of nilearn's "
             f"signal.clean ({_join(steps + ['confound regression'])}; censored volumes "
             "interpolated before filtering and removed afterwards).")
-
-
-def _inference_text(o: dict) -> str:
-    """Noun phrase describing the permutation inference options ``o``."""
-    tests = ["voxel-level max-t family-wise error (FWE)"]
-    if o.get("cluster_forming_p"):
-        tests.append(f"cluster-size FWE (cluster-forming p < {o['cluster_forming_p']:g})")
-    if o.get("tfce"):
-        tests.append("threshold-free cluster enhancement (TFCE; Smith & Nichols, 2009) FWE")
-    within = " within study" if o.get("permute_within_study") else ""
-    return (f"{int(o['n_permutations'])} Freedman-Lane permutations{within} (Winkler et al., "
-            f"2014) giving {_join(tests)} corrected p-values "
-            f"({'two' if o.get('two_sided', True) else 'one'}-sided, alpha = {o['alpha']:g}), "
-            "with Benjamini-Hochberg FDR q-values of the parametric p")
 
 
 _READABLE = {"mean_fd": "mean FD", "disease_duration": "disease duration", "edss": "EDSS",
@@ -404,16 +556,86 @@ def covariates_in_models(tables, configured) -> tuple[list, str]:
     return used, "; ".join(notes)
 
 
+def _inference_text(o: dict, alpha_name: str = "alpha") -> str:
+    """Noun phrase describing the voxelwise inference options ``o`` (group or clinical)."""
+    fdr = f"Benjamini-Hochberg FDR q-values of the parametric p {_cite('benjamini1995')}"
+    n_perm = int(o["n_permutations"])
+    if n_perm <= 0:
+        return f"parametric p-values only (n_permutations: 0, no FWE correction), with {fdr}"
+    tests = ["voxel-level max-t family-wise error (FWE)"]
+    if o.get("cluster_forming_p"):
+        tests.append(f"cluster-size FWE (cluster-forming p < {o['cluster_forming_p']:g})")
+    if o.get("tfce"):
+        tests.append(f"threshold-free cluster enhancement (TFCE; "
+                     f"{REFERENCES['smith2009'].cite}) FWE")
+    within = " within study" if o.get("permute_within_study") else ""
+    return (f"{n_perm} Freedman-Lane permutations{within} {_cite('winkler2014')} giving "
+            f"{_join(tests)} corrected p-values "
+            f"({'two' if o.get('two_sided', True) else 'one'}-sided, {alpha_name} = "
+            f"{o['alpha']:g}), with {fdr}")
+
+
+_STAGE2 = {
+    "psc": ("stage 2 regressed each voxel's time series, scaled to percent of its mean "
+            "signal, on the variance-normalised time courses of all networks (FSL's stage 2, "
+            "fsl_glm --demean --des_norm, on percent-signal-change data), giving network "
+            "amplitude maps in % signal change per standard deviation of the network time "
+            "course (connectivity.stage2_units: psc)"),
+    "standardized": ("stage 2 regressed each voxel's z-scored time series on the z-scored "
+                     "time courses of all networks, giving maps of partial standardised "
+                     "regression coefficients (connectivity.stage2_units: standardized)"),
+}
+
+
+def _qc_text(q: dict, c: dict) -> str:
+    rules = [f"mean FD > {q['max_mean_fd']:g} mm" if q.get("max_mean_fd") is not None else None,
+             f"more than {q['max_pct_censored']:g}% of volumes censored"
+             if q.get("max_pct_censored") is not None else None,
+             f"less than {q['min_minutes_kept']:g} min of data left"
+             if q.get("min_minutes_kept") is not None else None,
+             f"more than {q['max_pct_flat_voxels']:g}% of the brain-mask voxels with a "
+             "constant (flat) BOLD signal" if q.get("max_pct_flat_voxels") is not None else None,
+             f"an ill-conditioned dual regression (variance inflation factor of any network's "
+             f"stage-2 coefficient > {c['max_vif']:g}, connectivity.max_vif: network time "
+             "courses nearly collinear)" if c.get("max_vif") is not None else None]
+    rules = [r for r in rules if r]
+    return ("subjects were excluded when " + _join(rules, "or") + ", and a run whose BOLD "
+            "is constant in every voxel was excluded as having no signal."
+            if rules else "subjects were excluded only when their BOLD had no signal "
+            "(constant in every voxel); no QC threshold was set.")
+
+
+def _clinical_truth(config: dict) -> str:
+    """What the simulation planted about disease duration and EDSS (simulate mode)."""
+    from msnet.simulate import SIM_DEFAULTS
+
+    s = {**SIM_DEFAULTS, **(config.get("simulate") or {})}
+    if not s["clinical_slope"]:
+        return ("no association of connectivity with disease duration or EDSS "
+                "(simulate.clinical_slope: 0, the published null)")
+    var = _READABLE.get(s["clinical_variable"], s["clinical_variable"])
+    return (f"a slope of MS network amplitude on {var} (simulate.clinical_slope: "
+            f"{s['clinical_slope']:g} per SD of {var})")
+
+
 def methods_text(config: dict, versions: dict | None = None,
                  covariates_used: dict | None = None) -> str:
     """Write the methods section from the configuration actually used.
+
+    Every sentence is generated from the options (no fixed claim about an option): the
+    denoising strategy, QC thresholds (with the dual-regression VIF and flat-voxel rules),
+    stage-2 units, covariates, permutation counts, cluster-forming thresholds, TFCE (cited
+    only when on), the τ² estimator and the meta-analytic test; a work is cited only where a
+    sentence uses it, and the reference list holds exactly the works cited.
 
     Parameters
     ----------
     config : dict
         The validated workflow configuration (sections ``data``, ``simulate``, ``denoise``,
         ``qc``, ``connectivity``, ``group``, ``clinical``, ``meta``, optional ``report``);
-        missing sections and keys take the stage modules' defaults.
+        missing sections and keys take the stage modules' defaults. The report passes the
+        options the stages recorded in their outputs (a subject's QC file, the meta-analysis
+        table) in place of the configured ones.
     versions : dict, optional
         Package -> version (default :func:`software_versions`).
     covariates_used : dict, optional
@@ -425,8 +647,10 @@ def methods_text(config: dict, versions: dict | None = None,
     -------
     str
         Paragraphs separated by blank lines; the last paragraph starts with
-        ``References`` and lists one reference per line.
+        ``References`` and lists one reference per line (:func:`cited_references`).
     """
+    from msnet.atlas import NUISANCE_NETWORKS
+
     config = config or {}
     covariates_used = covariates_used or {}
     versions = versions or software_versions()
@@ -440,81 +664,115 @@ def methods_text(config: dict, versions: dict | None = None,
         s = config.get("simulate") or {}
         paras.append(
             "Data. The analysis ran on msnet's synthetic multi-study dataset, written as "
-            "fMRIPrep-like derivatives (Esteban et al., 2019): per-study sample sizes are "
-            f"{s.get('scale', 0.05):g} times those of the published MS rs-fMRI studies, on a "
-            f"{s.get('resolution_mm', 4)} mm MNI152 grid, with MS-vs-HC changes planted at the "
-            "published locations.")
+            f"fMRIPrep-like derivatives: {s.get('n_studies', 25)} studies with "
+            f"{s.get('scale', 0.05):g} times the sample sizes of the studies of the reference "
+            f"meta-analysis {_cite('jneurol_ms_rsfmri_meta')}, on a "
+            f"{s.get('resolution_mm', 4)} mm MNI152 grid, with MS-vs-HC changes planted at "
+            "msnet's representative coordinates of the published regions and "
+            f"{_clinical_truth(config)}.")
     else:
         paras.append(
-            "Data. Resting-state fMRI of each study was preprocessed with fMRIPrep (Esteban et "
-            "al., 2019) and analysed in MNI152NLin2009cAsym space.")
-    qc_rules = [f"mean FD > {q['max_mean_fd']} mm" if q["max_mean_fd"] is not None else None,
-                f"more than {q['max_pct_censored']}% of volumes censored"
-                if q["max_pct_censored"] is not None else None,
-                f"less than {q['min_minutes_kept']} min of data left"
-                if q["min_minutes_kept"] is not None else None]
-    qc_rules = [r for r in qc_rules if r]
+            f"Data. Resting-state fMRI of each study was preprocessed with fMRIPrep "
+            f"{_cite('esteban2019')} and analysed in MNI152NLin2009cAsym space.")
     paras.append(
-        f"Denoising and quality control. {_denoise_text(d)} FD (Power et al., 2012), DVARS and "
-        "temporal SNR were computed per run; subjects were excluded "
-        + (f"when {' or '.join(qc_rules)}." if qc_rules else "by no automatic rule.")
-        + " Every exclusion and its reason is listed in this report.")
+        f"Denoising and quality control. {_denoise_text(d)} FD {_cite('power2012')}, DVARS "
+        f"and temporal SNR were computed per run; {_qc_text(q, c)} Every exclusion and its "
+        "reason is listed in this report.")
+    n_nuis = len(NUISANCE_NETWORKS)
     paras.append(
-        "Network connectivity. Network maps were obtained by dual regression (Nickerson et "
-        "al., 2017) against spatial templates built from the 300 regions of Seitzman et al. "
-        f"(2018) (Gaussian blobs, sigma {c['template_sigma_mm']:g} mm): stage 1 regressed each "
-        "volume on all network templates (the default-mode, sensorimotor, visual and salience "
-        "networks plus eight nuisance networks), stage 2 regressed each voxel's z-scored time "
-        "series on the z-scored network time courses, giving maps of partial standardised "
-        "coefficients. Within- and between-network connectivity was the mean Fisher z "
-        "correlation between the time series of the networks' region spheres.")
+        f"Network connectivity. Network maps were obtained by dual regression "
+        f"{_cite('nickerson2017')} against spatial templates built from the "
+        f"300 functionally defined regions {_cite('seitzman2020')} (Gaussian blobs, sigma "
+        f"{c['template_sigma_mm']:g} mm): stage 1 regressed each volume on all network "
+        "templates (the default-mode, sensorimotor, visual and salience networks plus "
+        f"{n_nuis} nuisance networks), {_STAGE2[c['stage2_units']]}. Within- and "
+        "between-network connectivity was the mean Fisher z correlation between the time "
+        "series of the networks' region spheres.")
     covs = _adjusted(covariates_used.get("group", (g["covariates"], "")))
     paras.append(
         f"Group comparison. In each study, MS and HC were compared with ordinary least squares "
-        f"adjusting for {covs}; Hedges' g and its variance (Hedges, 1981) were derived from the "
-        "covariate-adjusted t. The pooled mega-analysis of all subjects used a linear mixed "
-        "model with a random intercept per study (statsmodels) at network level and, "
-        "voxelwise within each network's mask, ordinary least squares with study indicators "
-        f"and {_inference_text(g)}. Studies with fewer than {g['min_per_group']} subjects in a "
+        f"adjusting for {covs}; Hedges' g and its variance {_cite('hedges1981')} were derived "
+        "from the covariate-adjusted t. The pooled mega-analysis of all subjects used a linear "
+        f"mixed model with a random intercept per study (statsmodels MixedLM; "
+        f"{REFERENCES['seabold2010'].cite}) at network level, with Benjamini-Hochberg FDR "
+        "across metrics (within- and between-network metrics separately), and, voxelwise "
+        "within each network's mask, ordinary least squares with study indicators and "
+        f"{_inference_text(g)}. Studies with fewer than {g['min_per_group']} subjects in a "
         "group were left out of per-study statistics.")
     ccov = _adjusted(covariates_used.get("clinical", (cl["covariates"], "")))
     paras.append(
         f"Clinical associations. Within MS, connectivity was regressed on "
         f"{_names(cl['variables'])} jointly, adjusting for {ccov} (each variable tested in "
         "turn; per study by ordinary least squares, pooled by a mixed model with a random "
-        "study intercept)"
+        "study intercept), with Benjamini-Hochberg FDR across metrics and variables (within- "
+        "and between-network metrics separately) at q < "
+        f"{cl['alpha']:g}"
         + (f"; voxelwise models of {_names(cl['voxelwise_variables'])} used "
            f"{_inference_text(cl)}." if cl["voxelwise_variables"] else "."))
-    est = ("restricted maximum likelihood (REML; Viechtbauer, 2005)" if m["method"] == "REML"
-           else "the DerSimonian-Laird estimator (DerSimonian & Laird, 1986)")
-    test = "Knapp-Hartung t tests" if m["knapp_hartung"] else "Wald z tests"
+    paras.append(_meta_text(m))
     paras.append(
-        "Meta-analysis. Per-study Hedges' g were pooled with random-effects models, between-"
-        f"study variance tau\u00b2 by {est}, following the conventions of metafor (Viechtbauer, "
-        f"2010), with {test}, Cochran's Q, I\u00b2, a Q-profile confidence interval for "
-        "tau\u00b2 and 95% prediction intervals; with fewer than "
-        f"{m['min_studies']} studies a fixed-effect model was used. Sensitivity analyses were "
-        "leave-one-study-out and Egger's regression test for small-study effects (Egger et "
-        "al., 1997). Mixed-effects meta-regressions on the study-level moderators "
-        f"{_names(m['moderators'], 'mean ')} (one at a time and jointly) were tested with "
-        f"{int(m['n_permutations'])} permutations of the moderators. Voxelwise, the same "
-        "random-effects model was fitted at every voxel of each network mask, with FWE "
-        f"control by {int(m['n_permutations'])} sign-flip permutations and clusters formed at "
-        f"p < {m['cluster_threshold']:g}.")
-    paras.append(
-        "Comparison with the published findings. A published finding was counted as "
-        "recovered when the pooled t map or the meta-analytic z map had a local maximum "
-        f"(26-neighbourhood) of the published sign within {radius:g} mm of its coordinate, "
+        "Comparison with the published findings. The reference meta-analysis "
+        f"{_cite('jneurol_ms_rsfmri_meta')} reports regions, not a coordinate table; msnet "
+        "gives each published region a representative MNI coordinate of its own choosing "
+        "(bilateral precentral split into left and right). A finding was counted as recovered "
+        "when the pooled t map or the meta-analytic z map had a local maximum "
+        f"(26-neighbourhood) of the published sign within {radius:g} mm of that coordinate, "
         "significant at voxel-level FWE p < "
-        + (f"{g['alpha']:g}." if g["alpha"] == m["alpha"]
-           else f"{g['alpha']:g} (mega) or {m['alpha']:g} (meta)."))
-    soft = ", ".join(f"{name} {versions.get(name, 'n/a')}" for name in
-                     ("msnet", "nilearn", "nibabel", "statsmodels", "nimare", "pymare",
-                      "numpy", "scipy", "pandas", "matplotlib", "snakemake") if name in versions)
-    paras.append(f"Software. {soft}; the workflow is run by Snakemake (M\u00f6lder et al., "
-                 f"2021). Random seed {config.get('seed', 'default')}.")
-    paras.append("References\n" + "\n".join(REFERENCES.values()))
-    return "\n\n".join(paras)
+        + (f"{g['alpha']:g}" if g["alpha"] == m["alpha"]
+           else f"{g['alpha']:g} (mega) or {m['alpha']:g} (meta)")
+        + "; peaks are labelled with the Harvard-Oxford cortical atlas "
+        f"{_cite('makris2006', 'desikan2006')} as shipped with NiMARE {_cite('salo2023')}.")
+    soft = ", ".join(f"{name} {versions.get(name, 'n/a')}" for name in SOFTWARE
+                     if name in versions)
+    paras.append(f"Software. {soft}; nilearn {_cite('abraham2014')} for confounds, signal "
+                 f"cleaning and plotting; the workflow is run by Snakemake "
+                 f"{_cite('molder2021')}. Random seed {config.get('seed', 'default')}.")
+    body = "\n\n".join(paras)
+    refs = cited_references(body)
+    return body + "\n\nReferences\n" + "\n".join(r.text() for r in refs)
+
+
+def _meta_text(m: dict) -> str:
+    """The meta-analysis paragraph from the resolved ``meta`` options."""
+    est = (f"restricted maximum likelihood (REML; {REFERENCES['viechtbauer2005'].cite})"
+           if m["method"] == "REML" else
+           f"the DerSimonian-Laird estimator {_cite('dersimonian1986')}")
+    test = (f"Knapp-Hartung t tests {_cite('knapp2003')}" if m["knapp_hartung"]
+            else "Wald-type z tests")
+    n_perm = int(m["n_permutations"])
+    level = round(100 * (1 - float(m["alpha"])), 6)
+    mods = _names(m["moderators"], "mean ")
+    if n_perm > 0:
+        reg_p = (f"p-values from {n_perm} permutations of the moderators across studies "
+                 f"(all k! orders, an exact p, when k! \u2264 {n_perm}), as metafor's "
+                 "permutest")
+        vox = (f"FWE control by {n_perm} sign-flip permutations (all 2^k sign patterns when "
+               f"2^k \u2264 {n_perm}) of the voxel-level maximum and of the size of clusters "
+               f"formed at two-sided p < {m['cluster_threshold']:g}")
+        which = "permutation p"
+    else:
+        reg_p = "parametric p-values (meta.n_permutations: 0, no permutation test)"
+        vox = (f"no permutation FWE (meta.n_permutations: 0; clusters formed at two-sided "
+               f"p < {m['cluster_threshold']:g} carry no corrected p)")
+        which = "parametric p"
+    return (
+        "Meta-analysis. Per-study Hedges' g were pooled with random-effects models, between-"
+        f"study variance tau\u00b2 by {est}, with {test}, Cochran's Q, I\u00b2 "
+        f"{_cite('higgins2002')}, a Q-profile confidence interval for tau\u00b2 "
+        f"{_cite('viechtbauer2007')} and {level:g}% prediction intervals, following the "
+        f"conventions of metafor {_cite('viechtbauer2010')}; with fewer than "
+        f"{m['min_studies']} studies a fixed-effect model was used. Sensitivity analyses were "
+        "leave-one-study-out and Egger's regression test for small-study effects "
+        f"{_cite('egger1997')}. Mixed-effects meta-regressions on the study-level moderators "
+        f"{mods} (one at a time and jointly) were tested with {reg_p}; conclusions on "
+        f"moderators use Benjamini-Hochberg FDR {_cite('benjamini1995')} of the {which} "
+        "across metrics \u00d7 moderators (single-moderator and joint models, within- and "
+        f"between-network metrics as separate families) at q < {m['alpha']:g}. Voxelwise, the "
+        "same random-effects model was fitted at every voxel of each network mask "
+        f"({'Knapp-Hartung t converted to z' if m['knapp_hartung'] else 'Wald z'}), with "
+        f"{vox}, and FDR q maps. All random-effects fits used msnet's vectorised engine, "
+        "checked in its unit tests against metafor's published results, PyMARE "
+        f"{_cite('pymare')} and statsmodels.")
 
 
 # --------------------------------------------------------------------------- HTML pieces
@@ -537,6 +795,7 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#444;max-width:900px}
 .row{display:flex;flex-wrap:wrap;gap:1.5em}.row figure{flex:1 1 420px}
 .na{color:#a33;font-style:italic}.note{color:#555;font-size:.9em}
+.verdict{font-weight:600;border-left:3px solid #2b5d8a;padding-left:.6em}
 .found{color:#1a7f37;font-weight:bold}.missed{color:#b42318;font-weight:bold}
 details{margin:.6em 0}summary{cursor:pointer;color:#2b5d8a}
 """
@@ -605,6 +864,63 @@ def _read(path) -> pd.DataFrame | None:
                               "re-run the stage that writes it.") from err
 
 
+_NULL_VARIABLES = ("disease_duration", "edss")
+"""Clinical variables of the published null (subject level)."""
+_NULL_MODERATORS = ("duration", "edss")
+"""Meta-regression moderators of the published null (study means)."""
+
+
+def _model_label(model) -> str:
+    model = str(model)
+    return ("joint model" if model == "joint"
+            else "single-moderator model" if model.startswith("single") else model)
+
+
+def _metareg_hits(rows: pd.DataFrame, pcol: str) -> str:
+    """``metric ~ moderator (which model, beta, p, q)`` for meta-regression rows."""
+    return "; ".join(
+        f"{r.metric} ~ {_READABLE.get(r.moderator, r.moderator)} ({_model_label(r.model)}, "
+        f"\u03b2 = {r.beta:.3g}, {'permutation p' if pcol == 'p_perm' else 'p'} = "
+        f"{getattr(r, pcol):.3g}"
+        + (f", q = {r.q_fdr:.3g}" if np.isfinite(getattr(r, "q_fdr", np.nan)) else "") + ")"
+        for r in rows.itertuples())
+
+
+def exclusions_by_rule(qc: pd.DataFrame) -> pd.DataFrame:
+    """Number of excluded subjects per QC rule, from the exclusion reasons of a QC table.
+
+    A reason names the option it exceeded (``max_mean_fd``, ``connectivity.max_vif``, ...;
+    see :func:`msnet.qc.qc_decision`); a subject with several reasons counts under each.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``rule, excluded`` (subjects), rules with at least one exclusion, most frequent first.
+    """
+    if qc is None or qc.empty or "include" not in qc:
+        return pd.DataFrame(columns=["rule", "excluded"])
+    reasons = qc.loc[~qc["include"].astype(bool), "exclusion_reason"].fillna("").astype(str)
+    counts = {}
+    for reason in reasons:
+        hit = {label for key, label in _RULES if key in reason} or {"other"}
+        for label in hit:
+            counts[label] = counts.get(label, 0) + 1
+    table = pd.DataFrame(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])),
+                         columns=["rule", "excluded"])
+    return table
+
+
+_RULES = (
+    ("max_mean_fd", "mean FD (qc.max_mean_fd)"),
+    ("max_pct_censored", "censored volumes (qc.max_pct_censored)"),
+    ("min_minutes_kept", "data left (qc.min_minutes_kept)"),
+    ("max_pct_flat_voxels", "flat voxels (qc.max_pct_flat_voxels)"),
+    ("max_vif", "ill-conditioned dual regression, VIF (connectivity.max_vif)"),
+    ("no signal", "no signal"),
+)
+"""(substring of an exclusion reason, rule label) for :func:`exclusions_by_rule`."""
+
+
 def _within(table: pd.DataFrame) -> pd.DataFrame:
     """Within-network rows first, in network order, then the rest."""
     if table is None or table.empty or "metric" not in table:
@@ -638,6 +954,13 @@ class _Report:
         self.radius = float((self.config.get("report") or {}).get("radius_mm", 12.0))
         self.meta = {k: _read(v) for k, v in
                      (self.inputs.get("meta_tables") or {}).items()}
+        reg = self.meta.get("metaregression")
+        if reg is not None and len(reg) and "q_fdr" not in reg and "moderator" in reg:
+            from msnet.meta import metaregression_fdr  # a table written before q_fdr existed
+
+            reg["q_fdr"] = metaregression_fdr(reg)
+        self.clinical_table = _read(self.inputs.get("clinical_table"))
+        self.simulated = (self.config.get("data") or {}).get("mode", "simulate") == "simulate"
 
     def stem(self, kind, net=None) -> Path:
         return self.figures_dir / FIGURES[kind].format(net=net)
@@ -692,7 +1015,13 @@ class _Report:
                 f"{int(qc['include'].sum())} included "
                 f"({int(total['MS included'])} MS, {int(total['HC included'])} HC), "
                 f"{int((~qc['include']).sum())} excluded by QC.")
-        return _p(text) + table_html(counts, scroll=True)
+        out = _p(text) + table_html(counts, scroll=True)
+        rules = exclusions_by_rule(qc)
+        if len(rules):
+            out += ("<h3>Exclusions by rule</h3>" + _p(
+                "Subjects excluded by each QC rule (a subject failing several rules counts "
+                "under each).", "note") + table_html(rules))
+        return out
 
     def _motion(self, qc: pd.DataFrame) -> str:
         from scipy import stats as sps
@@ -740,10 +1069,15 @@ class _Report:
             parts.append(_p(f"{name}: {int(sub['found'].sum())} of {len(sub)} published "
                             "findings recovered."))
         parts.append(_p(
-            f"A finding is recovered when a local maximum with the published sign, significant "
-            f"at voxel-level FWE p < alpha, lies within {self.radius:g} mm of the published "
-            "coordinate. Coordinates in MNI mm; labels from the Harvard-Oxford cortical atlas.",
-            "note"))
+            "The reference meta-analysis (Journal of Neurology, \u2018"
+            f"{REFERENCE_META_ANALYSIS}\u2019) reports regions, not peak coordinates. The "
+            "column 'msnet coordinate' is not a published value: it is the representative MNI "
+            "coordinate msnet chose for each published region (msnet.atlas.PUBLISHED_FINDINGS; "
+            "bilateral precentral split into left and right), where the simulation plants its "
+            "effects and the search below is centred. A finding is recovered when a local "
+            "maximum with the published sign, significant at voxel-level FWE p < alpha, lies "
+            f"within {self.radius:g} mm of that coordinate. Coordinates in MNI mm; labels from "
+            "the Harvard-Oxford cortical atlas.", "note"))
         side = self._side_by_side(comparison)
         parts.append(side)
         notes = comparison[comparison["note"].astype(str) != ""]
@@ -764,8 +1098,9 @@ class _Report:
                     f"{stat} = {row['statistic']:.2f}, p<sub>FWE</sub> = {row['p_fwe']:.3g}")
 
         head = ("<tr><th rowspan=2>finding</th><th rowspan=2>network</th><th rowspan=2>"
-                "direction</th><th rowspan=2>published region</th><th rowspan=2>published "
-                "MNI</th><th colspan=5>meta-analysis</th><th colspan=5>mega-analysis</th></tr>"
+                "direction</th><th rowspan=2>published region</th><th rowspan=2>msnet "
+                "coordinate (MNI; not published)</th><th colspan=5>meta-analysis</th>"
+                "<th colspan=5>mega-analysis</th></tr>"
                 "<tr>" + "<th>found</th><th>peak MNI</th><th>dist. (mm)</th><th>label</th>"
                 "<th>statistic</th>" * 2 + "</tr>")
         body = []
@@ -775,8 +1110,8 @@ class _Report:
             ref = (meta if finding in meta.index else mega).loc[finding]
             cells = [html.escape(str(finding)), html.escape(str(ref["network"])),
                      html.escape(str(ref["direction"])), html.escape(str(ref["published_label"])),
-                     f"({ref['published_x']:.0f}, {ref['published_y']:.0f}, "
-                     f"{ref['published_z']:.0f})"]
+                     f"({ref['representative_x']:.0f}, {ref['representative_y']:.0f}, "
+                     f"{ref['representative_z']:.0f})"]
             for table, stat in ((meta, "z"), (mega, "t")):
                 cells += (list(cell(table.loc[finding], stat)) if finding in table.index
                           else ["\u2013"] * 5)
@@ -876,10 +1211,14 @@ class _Report:
         if reg is None:
             return _na("Meta-regression table")
         slopes = reg[reg["moderator"].astype(str) != "intercept"] if len(reg) else reg
-        parts = [self._null_statement(slopes)]
+        parts = [self._metaregression_statement(slopes)]
+        parts.append(_p("model: single:<moderator> = one moderator at a time; joint = all "
+                        "moderators together (each row is one coefficient of that model). "
+                        "q_fdr: Benjamini-Hochberg q of p_perm (p without permutations) across "
+                        "metrics × moderators, per model type and kind of metric.", "note"))
         parts.append(table_html(_cols(_within(slopes), [
             "metric", "model", "moderator", "k", "beta", "se", "ci_low", "ci_high", "p",
-            "p_perm", "r2", "qm_p_perm", "warning"]), scroll=True))
+            "p_perm", "q_fdr", "r2", "qm_p_perm", "warning"]), scroll=True))
         forest, mods = self.meta.get("forest"), self.meta.get("moderators")
         if forest is None or mods is None:
             return "".join(parts) + _na("Bubble plots (forest data or moderators table)")
@@ -898,27 +1237,33 @@ class _Report:
                 "with the fitted single-moderator line."))
         return "".join(parts)
 
-    def _null_statement(self, slopes: pd.DataFrame) -> str:
+    def _metaregression_statement(self, slopes: pd.DataFrame) -> str:
+        """The published-null verdict (shared with the clinical section), the FDR-significant
+        moderator effects, and the uncorrected hits for what they are."""
         if slopes is None or slopes.empty or "beta" not in slopes:
-            return _p("No meta-regression could be estimated.")
-        pcol = "p_perm" if "p_perm" in slopes and slopes["p_perm"].notna().any() else "p"
-        hits = slopes[pd.to_numeric(slopes[pcol], errors="coerce") < self.alpha_meta]
-        clinical = hits[hits["moderator"].astype(str).isin(["duration", "edss"])]
-        if hits.empty:
-            text = (f"No study-level moderator was associated with the MS-vs-HC effect "
-                    f"({'permutation ' if pcol == 'p_perm' else ''}p \u2265 "
-                    f"{self.alpha_meta:g} for every model): the published null for disease "
-                    "duration and EDSS holds.")
-        else:
-            found = "; ".join(f"{r.metric}: {r.moderator} (p = {getattr(r, pcol):.3g})"
-                              for r in hits.itertuples())
-            text = (f"Moderator effects with {'permutation ' if pcol == 'p_perm' else ''}"
-                    f"p < {self.alpha_meta:g} (uncorrected across metrics and moderators): "
-                    f"{found}. "
-                    + ("The published null for disease duration and EDSS is NOT reproduced."
-                       if len(clinical) else "Disease duration and EDSS show no association "
-                       "(the published null)."))
-        return _p(text)
+            return _p("No meta-regression could be estimated.") + self._verdict_html()
+        fitted = slopes[pd.to_numeric(slopes["p"], errors="coerce").notna()]
+        pcol = "p_perm" if "p_perm" in fitted and fitted["p_perm"].notna().any() else "p"
+        praw = pd.to_numeric(fitted[pcol], errors="coerce")
+        q = pd.to_numeric(fitted.get("q_fdr"), errors="coerce")
+        hits = fitted[q < self.alpha_meta]
+        other = hits[~hits["moderator"].astype(str).isin(_NULL_MODERATORS)]
+        word = "permutation p" if pcol == "p_perm" else "p"
+        parts = [self._verdict_html()]
+        text = (f"{len(hits)} of {len(fitted)} moderator coefficients have FDR q < "
+                f"{self.alpha_meta:g}"
+                + (f"; other than disease duration and EDSS: {_metareg_hits(other, pcol)}."
+                   if len(other) else "."))
+        raw = fitted[praw < self.alpha_meta]
+        if len(raw):
+            text += (f" Uncorrected, {len(raw)} had {word} < {self.alpha_meta:g} (about "
+                     f"{len(fitted) * self.alpha_meta:.0f} expected by chance alone); "
+                     "uncorrected p-values are not evidence of an association.")
+        parts.append(_p(text))
+        if len(raw):
+            parts.append(_details(f"Moderator coefficients with uncorrected {word} < "
+                                  f"{self.alpha_meta:g}", _p(_metareg_hits(raw, pcol) + ".")))
+        return "".join(parts)
 
     # ---------------------------------------------------------------- voxelwise
     def voxelwise(self) -> str:
@@ -963,7 +1308,7 @@ class _Report:
     def clinical(self) -> str:
         from msnet.plotting import plot_clinical_scatter
 
-        table = _read(self.inputs.get("clinical_table"))
+        table = self.clinical_table
         scatter = _read(self.inputs.get("clinical_scatter"))
         parts = []
         if table is None:
@@ -985,18 +1330,66 @@ class _Report:
         return "".join(parts)
 
     def _clinical_statement(self, table: pd.DataFrame) -> str:
+        """The published-null verdict (shared with the meta-regression section) and the
+        FDR-significant associations of the other clinical variables."""
         if table.empty or "q_fdr" not in table:
-            return _p("No clinical model could be estimated.")
+            return _p("No clinical model could be estimated.") + self._verdict_html()
         ok = table[table["status"] == "ok"] if "status" in table else table
         q = pd.to_numeric(ok["q_fdr"], errors="coerce")
         hits = ok[q < self.alpha_clin]
-        if hits.empty:
-            return _p(f"No association survived FDR correction (q \u2265 {self.alpha_clin:g} "
-                      f"for all {len(ok)} metric \u00d7 variable models), in line with the "
-                      "published null for disease duration and EDSS.")
-        found = "; ".join(f"{r.metric} ~ {r.variable} (\u03b2 = {r.beta:.3g}, q = {r.q_fdr:.3g})"
-                          for r in hits.itertuples())
-        return _p(f"Associations with FDR q < {self.alpha_clin:g}: {found}.")
+        other = hits[~hits["variable"].astype(str).isin(_NULL_VARIABLES)]
+        text = (f"{len(hits)} of {int(q.notna().sum())} metric × variable models have FDR "
+                f"q < {self.alpha_clin:g}"
+                + (f"; other than disease duration and EDSS: "
+                   + "; ".join(f"{r.metric} ~ {_READABLE.get(r.variable, r.variable)} "
+                               f"(β = {r.beta:.3g}, q = {r.q_fdr:.3g})"
+                               for r in other.itertuples()) + "."
+                   if len(other) else "."))
+        return self._verdict_html() + _p(text)
+
+    def _verdict_html(self) -> str:
+        verdict = self.clinical_verdict()
+        return _p(verdict, "verdict") if verdict else ""
+
+    def clinical_verdict(self) -> str:
+        """One conclusion on the published null for disease duration and EDSS, from the
+        multiplicity-corrected results of both analyses that test it: the pooled clinical
+        models within MS (FDR q) and the meta-regression on study means (FDR q of the
+        permutation p). The clinical and meta-regression sections both print it, so they
+        cannot disagree. Empty when neither result is available."""
+        found, tested = [], []
+        table = self.clinical_table
+        if table is not None and len(table) and {"q_fdr", "variable"} <= set(table):
+            ok = table[table["status"] == "ok"] if "status" in table else table
+            ok = ok[ok["variable"].astype(str).isin(_NULL_VARIABLES)]
+            q = pd.to_numeric(ok["q_fdr"], errors="coerce")
+            tested.append(f"{int(q.notna().sum())} pooled mixed models within MS at FDR q < "
+                          f"{self.alpha_clin:g}")
+            found += [f"within MS, {r.metric} ~ {_READABLE.get(r.variable, r.variable)} "
+                      f"(β = {r.beta:.3g}, q = {r.q_fdr:.3g})"
+                      for r in ok[q < self.alpha_clin].itertuples()]
+        reg = self.meta.get("metaregression")
+        if reg is not None and len(reg) and {"q_fdr", "moderator"} <= set(reg):
+            rows = reg[reg["moderator"].astype(str).isin(_NULL_MODERATORS)]
+            q = pd.to_numeric(rows["q_fdr"], errors="coerce")
+            tested.append(f"{int(q.notna().sum())} meta-regression coefficients on study "
+                          f"means at FDR q < {self.alpha_meta:g}")
+            pcol = "p_perm" if "p_perm" in rows and rows["p_perm"].notna().any() else "p"
+            found += [f"across studies, {_metareg_hits(rows[q < self.alpha_meta], pcol)}"] \
+                if (q < self.alpha_meta).any() else []
+        if not tested:
+            return ""
+        basis = f"Tested: {'; '.join(tested)}."
+        if found:
+            text = ("Published null for disease duration and EDSS: NOT reproduced. "
+                    f"Associations surviving multiplicity correction: {'; '.join(found)}. "
+                    + basis)
+        else:
+            text = ("Published null for disease duration and EDSS: reproduced. No association "
+                    "with disease duration or EDSS survived multiplicity correction. " + basis)
+        if self.simulated:
+            text += f" The synthetic data planted {_clinical_truth(self.config)}."
+        return text
 
     # ---------------------------------------------------------------- meta vs mega
     def meta_vs_mega(self) -> str:
@@ -1012,15 +1405,43 @@ class _Report:
 
     # ---------------------------------------------------------------- methods
     def methods(self) -> str:
-        config = dict(self.config)
-        used = self._denoise_used()
-        if used:
-            config["denoise"] = used
-        paras = methods_text(config, covariates_used=self._covariates_used()).split("\n\n")
+        paras = self.methods_text().split("\n\n")
         body = "".join(_p(p) for p in paras[:-1])
         refs = paras[-1].split("\n")[1:]
         return body + "<h3>References</h3><ol>" + "".join(
             f"<li>{html.escape(r)}</li>" for r in refs) + "</ol>"
+
+    def methods_text(self) -> str:
+        """:func:`methods_text` of the options the stages recorded (:meth:`used_config`) and
+        the covariates their models had."""
+        if not hasattr(self, "_methods"):
+            self._methods = methods_text(self.used_config(),
+                                         covariates_used=self._covariates_used())
+        return self._methods
+
+    def used_config(self) -> dict:
+        """The config with each stage's options replaced by those its outputs record: the
+        subject QC file's ``denoise``, ``connectivity`` and ``qc_thresholds`` (what the
+        subject stage ran), and the meta-analysis table's estimator (``method`` of its
+        random-effects rows) and test (``test``: ``knha`` = Knapp-Hartung)."""
+        config = dict(self.config)
+        record = self._subject_record()
+        for section, key in (("denoise", "denoise"), ("connectivity", "connectivity"),
+                             ("qc", "qc_thresholds")):
+            if isinstance(record.get(key), dict):
+                config[section] = {**(config.get(section) or {}), **record[key]}
+        nets = self.meta.get("networks")
+        if nets is not None and len(nets) and {"model", "method", "test"} <= set(nets):
+            random = nets[nets["model"].astype(str) == "random"]
+            methods = set(random["method"].dropna().astype(str))
+            tests = set(random["test"].dropna().astype(str))
+            meta = dict(config.get("meta") or {})
+            if len(methods) == 1:
+                meta["method"] = methods.pop()
+            if len(tests) == 1:
+                meta["knapp_hartung"] = tests.pop() == "knha"
+            config["meta"] = meta
+        return config
 
     def _covariates_used(self) -> dict:
         """Covariates of the fitted group and clinical models, from their result tables."""
@@ -1034,13 +1455,13 @@ class _Report:
                 out[key] = covariates_in_models(tables, o[key]["covariates"])
         return out
 
-    def _denoise_used(self) -> dict | None:
-        """Denoise options recorded in a subject's QC file (what the subject stage ran)."""
+    def _subject_record(self) -> dict:
+        """One subject's QC file (the options the subject stage recorded), or {}."""
         path = self.inputs.get("subject_qc")
         if not path or not _exists(path):
-            return None
-        used = json.loads(Path(path).read_text()).get("denoise")
-        return used if isinstance(used, dict) else None
+            return {}
+        record = json.loads(Path(path).read_text())
+        return record if isinstance(record, dict) else {}
 
 
 def _as_list(value) -> list:
@@ -1063,8 +1484,9 @@ def _page(sections: list) -> str:
 
 
 def build_report(config: dict, inputs: dict, out_html, figures_dir,
-                 comparison_tsv=None) -> dict:
-    """Build ``report.html``, every figure and the published-findings comparison table.
+                 comparison_tsv=None, citations=None) -> dict:
+    """Build ``report.html``, every figure, the published-findings comparison table and the
+    BibTeX file of the works the methods text cites.
 
     Parameters
     ----------
@@ -1114,11 +1536,15 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
         ``results/figures``; figure names are :data:`FIGURES` (+ ``.png``/``.svg``).
     comparison_tsv : path, optional
         Default ``report_desc-published_comparison.tsv`` beside ``out_html``.
+    citations : path, optional
+        Default ``citations.bib`` beside ``out_html``: a BibTeX entry (with its DOI where
+        one exists) for every work the methods text cites (:func:`citations_bib`).
 
     Returns
     -------
     dict
-        ``html``, ``comparison`` (paths) and ``figures`` (list of written figure paths).
+        ``html``, ``comparison``, ``citations`` (paths) and ``figures`` (list of written
+        figure paths).
     """
     out_html = Path(out_html)
     comparison_tsv = Path(comparison_tsv or out_html.with_name(
@@ -1130,9 +1556,12 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
     sections = [rep.dataset_qc(), rep.published(comparison), rep.network_meta(),
                 rep.meta_regression(), rep.voxelwise(), rep.clinical(), rep.meta_vs_mega(),
                 rep.methods()]
+    citations = Path(citations or out_html.with_name("citations.bib"))
+    write_text(citations_bib(rep.methods_text()), citations)
     write_text(_page(sections), out_html)
     LOG.info("wrote %s with %d figures", out_html, len(rep.figures) // 2)
-    return {"html": str(out_html), "comparison": str(comparison_tsv), "figures": rep.figures}
+    return {"html": str(out_html), "comparison": str(comparison_tsv),
+            "citations": str(citations), "figures": rep.figures}
 
 
 def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -163,6 +164,14 @@ def test_study_qc_table_round_trips(tmp_path):
                                   check_dtype=False)
 
 
+def _para(text, start):
+    return next(p for p in text.split("\n\n") if p.startswith(start))
+
+
+def _refs(text):
+    return text.split("\n\nReferences\n")[1].split("\n")
+
+
 def test_methods_text_reflects_config():
     config = {"denoise": {"motion": "derivatives", "global_signal": "basic", "smoothing_fwhm": 4},
               "meta": {"method": "DL", "n_permutations": 123}, "qc": {"max_mean_fd": 0.25},
@@ -171,11 +180,93 @@ def test_methods_text_reflects_config():
     for needle in ("12 motion parameters", "1 global signal", "4 mm FWHM", "DerSimonian",
                    "123 permutations", "mean FD > 0.25 mm", "77 Freedman-Lane", "TFCE",
                    "msnet 9.9", "nilearn 0.13.1", "Nickerson", "Egger", "Hedges", "Winkler",
-                   "Smith & Nichols", "Seitzman", "Esteban", "Abraham"):
+                   "Smith & Nichols", "Seitzman", "Abraham"):
         assert needle in text, needle
     default = methods_text({}, {"msnet": "0"})
     assert "REML" in default and "24 motion parameters" in default
-    assert "TFCE" not in default.split("References")[0]
+    assert "TFCE" not in default and "Smith & Nichols" not in default
+
+
+@pytest.mark.parametrize("units, expected, absent", [
+    ("psc", "% signal change per standard deviation", "standardised regression coefficients"),
+    ("standardized", "partial standardised regression coefficients", "% signal change")])
+def test_methods_text_stage2_units_follow_the_config(units, expected, absent):
+    text = _para(methods_text({"connectivity": {"stage2_units": units}}, {}),
+                 "Network connectivity")
+    assert expected in text and absent not in text
+    assert f"stage2_units: {units}" in text
+
+
+def test_methods_text_estimator_test_permutations_and_tfce_follow_the_config():
+    reml = methods_text({}, {})
+    dl = methods_text({"meta": {"method": "DL", "knapp_hartung": True, "n_permutations": 250,
+                                "cluster_threshold": 0.005}}, {})
+    assert "restricted maximum likelihood (REML; Viechtbauer, 2005)" in _para(reml, "Meta")
+    assert "DerSimonian" not in reml and "Knapp" not in reml and "Wald-type z" in reml
+    meta = _para(dl, "Meta-analysis")
+    assert "DerSimonian-Laird estimator (DerSimonian & Laird, 1986)" in meta
+    assert "REML" not in meta and "Viechtbauer, 2005" not in dl
+    assert "Knapp-Hartung t tests (Knapp & Hartung, 2003)" in meta
+    assert "250 permutations of the moderators" in meta and "250 sign-flip" in meta
+    assert "p < 0.005" in meta
+    assert any(r.startswith("DerSimonian R, Laird N.") for r in _refs(dl))
+    assert not any(r.startswith("DerSimonian") for r in _refs(reml))
+    none = _para(methods_text({"meta": {"n_permutations": 0}, "group": {"n_permutations": 0}},
+                              {}), "Meta-analysis")
+    assert "sign-flip" not in none and "permutations of the moderators" not in none
+    assert "parametric p-values (meta.n_permutations: 0" in none
+    tfce = methods_text({"group": {"tfce": True, "cluster_forming_p": 0.01}}, {})
+    assert "threshold-free cluster enhancement (TFCE; Smith & Nichols, 2009)" in tfce
+    assert "cluster-forming p < 0.01" in _para(tfce, "Group comparison")
+    assert any(r.startswith("Smith SM, Nichols TE.") for r in _refs(tfce))
+    assert "5000 Freedman-Lane" in reml and "77 Freedman-Lane" in methods_text(
+        {"group": {"n_permutations": 77}}, {})
+
+
+def test_methods_text_states_every_qc_rule_including_vif_and_flat_voxels():
+    qc = _para(methods_text({}, {}), "Denoising and quality control")
+    for rule in ("mean FD > 0.5 mm", "more than 30% of volumes censored",
+                 "less than 4 min of data left", "more than 5% of the brain-mask voxels",
+                 "variance inflation factor of any network's stage-2 coefficient > 10",
+                 "no signal"):
+        assert rule in qc, rule
+    changed = _para(methods_text({"connectivity": {"max_vif": 25},
+                                  "qc": {"max_pct_flat_voxels": None, "max_mean_fd": 0.3}}, {}),
+                    "Denoising")
+    assert "> 25" in changed and "mean FD > 0.3 mm" in changed and "(flat)" not in changed
+    off = _para(methods_text({"connectivity": {"max_vif": None}}, {}), "Denoising")
+    assert "variance inflation" not in off
+
+
+def test_references_are_exactly_the_works_cited_with_dois():
+    from msnet.report import REFERENCES, citations_bib, cited_references
+
+    for config in ({}, {"data": {"mode": "fmriprep"}, "meta": {"method": "DL",
+                                                                "knapp_hartung": True},
+                        "group": {"tfce": True}}):
+        text = methods_text(config, {})
+        body, refs = text.split("\n\nReferences\n")
+        cited = cited_references(body)
+        assert [r.text() for r in cited] == refs.split("\n")
+        for ref in REFERENCES.values():  # listed if and only if cited in the text
+            assert (ref in cited) == (f"({ref.cite}" in body or f"; {ref.cite}" in body)
+        for ref in cited:
+            assert ref.doi or ref.key in ("pymare", "jneurol_ms_rsfmri_meta"), ref.key
+            assert not ref.doi or f"doi:{ref.doi}" in text
+        bib = citations_bib(text)
+        assert bib.count("@") == len(cited)
+        assert all(f"doi = {{{r.doi}}}" in bib for r in cited if r.doi)
+    # what the defaults cite, and only that
+    text = methods_text({}, {})
+    for name in ("Seitzman et al., 2020", "Salo et al., 2023", "Seabold & Perktold, 2010",
+                 "Makris et al., 2006", "Desikan et al., 2006", "PyMARE developers",
+                 "Benjamini & Hochberg, 1995", "Disrupted and reorganized connectivity"):
+        assert name in text, name
+    for name in ("DerSimonian", "Smith & Nichols", "Knapp", "Seitzman et al., 2018",
+                 "Esteban"):  # not used by the defaults (Esteban: the demo ran no fMRIPrep)
+        assert name not in text, name
+    assert "10.1016/j.neuroimage.2019.116290" in text
+    assert "Esteban et al., 2019" in methods_text({"data": {"mode": "fmriprep"}}, {})
 
 
 # --------------------------------------------------------------------------- report
@@ -264,10 +355,11 @@ def make_results(root, networks_with_maps=("DMN", "SN")):
         inputs["pooled_clusters"][net] = str(root / "group" / "pooled" /
                                              f"pooled_network-{net}_clusters.tsv")
         write_tsv(pd.DataFrame({
-            "network": net, "cluster_id": [1], "direction": ["MS<HC"], "size_voxels": [30],
+            "network": net, "cluster_id": [1], "direction": ["MS<HC"], "size_vox": [30],
             "size_mm3": [1920.0], "peak_x": [-8.0], "peak_y": [-52.0], "peak_z": [28.0],
-            "peak_stat": [-5.7], "peak_g": [-0.3], "label": ["Left Cingulate Gyrus"],
-            "p_fwe_peak": [0.001], "p_fwe_cluster": [0.01]}),
+            "peak_zstat": [-5.7], "peak_g": [-0.3], "peak_p_fwe": [0.001],
+            "cluster_p_fwe": [0.01], "significant": [True],
+            "label": ["Left Cingulate Gyrus, posterior division"]}),
             root / "meta" / f"meta_network-{net}_clusters.tsv")
         inputs["meta_clusters"][net] = str(root / "meta" / f"meta_network-{net}_clusters.tsv")
     rows, scatter = [], []
@@ -334,6 +426,17 @@ def test_build_report_full(tmp_path):
     assert "Voxelwise meta-analysis maps for SMN: not available" in text
     assert "published null" in text
     assert "12 motion parameters" not in text and "6 motion parameters" in text  # from QC JSON
+    # coordinates: msnet's representative ones, said so; the reference meta-analysis cited
+    assert "msnet coordinate (MNI; not published)" in text and "published MNI" not in text
+    assert "representative MNI coordinate msnet chose" in text
+    assert "Disrupted and reorganized connectivity of brain networks in multiple sclerosis" in text
+    # meta cluster tables show their z as peak_zstat
+    assert "<th>peak_zstat</th>" in text
+    # citations.bib: every work of the reference list, with DOIs
+    bib = (tmp_path / "citations.bib").read_text()
+    assert out["citations"] == str(tmp_path / "citations.bib")
+    refs = re.findall(r"<h3>References</h3><ol>(.*?)</ol>", text)[0].count("<li>")
+    assert bib.count("@") == refs and "doi = {10.1016/j.neuroimage.2019.116290}" in bib
 
 
 def test_build_report_without_optional_inputs(tmp_path):
@@ -386,3 +489,116 @@ def test_methods_text_lists_only_the_covariates_in_the_models(tmp_path):
     assert "adjusting for age and sex (sex was not in 1 of 3 models" in html_text
     assert "regressed on disease duration, EDSS and T2 lesion volume jointly, adjusting for " \
            "age (sex could not be used in any model)" in html_text.replace("\n", " ")
+
+
+# --------------------------------------------------------------------------- conclusions
+
+
+def _metareg_rows(duration_p, edss_p, q=None):
+    """Meta-regression rows in the meta stage's format for two metrics (single and joint)."""
+    rows = []
+    for metric in ("within_DMN", "between_SMN_VN"):
+        for model, mods in (("single:duration", ["duration"]), ("single:edss", ["edss"]),
+                            ("single:t2lv", ["t2lv"]), ("joint", ["duration", "edss", "t2lv"])):
+            for mod in ["intercept", *mods]:
+                p = {"duration": duration_p, "edss": edss_p, "t2lv": 0.01}.get(mod, 0.5)
+                rows.append({"metric": metric, "model": model, "moderator": mod, "k": 25,
+                             "beta": 0.1, "p": p, "p_perm": p})
+    table = pd.DataFrame(rows)
+    if q is not None:
+        table["q_fdr"] = q(table)
+    return table
+
+
+def _conclusions(tmp_path, clinical_q, metareg, config=None):
+    from msnet.report import _Report
+
+    write_tsv(pd.DataFrame({
+        "study_id": "pooled", "metric": "within_DMN", "kind": "within",
+        "variable": ["disease_duration", "edss", "t2lv"], "method": "MixedLM", "n": 40,
+        "beta": 0.02, "se": 0.01, "p": [0.03, 0.2, 0.4], "q_fdr": clinical_q,
+        "status": "ok"}), tmp_path / "clinical.tsv")
+    write_tsv(metareg, tmp_path / "metareg.tsv")
+    rep = _Report(config or {}, {"clinical_table": str(tmp_path / "clinical.tsv"),
+                                 "meta_tables": {"metaregression": str(tmp_path / "metareg.tsv")}},
+                  tmp_path / "figures", tmp_path)
+    return rep, rep.clinical(), rep.meta_regression()
+
+
+def _verdicts(section):
+    return re.findall(r'<p class="verdict">(.*?)</p>', section)
+
+
+def test_uncorrected_moderator_hits_do_not_overturn_the_null(tmp_path):
+    """About 5 of 80 uncorrected p < 0.05 is chance: both sections keep the null."""
+    # 2 metrics x 7 slopes; duration and t2lv p = 0.01-0.04 uncorrected, none FDR-significant
+    reg = _metareg_rows(0.04, 0.3)
+    reg.loc[reg["moderator"] == "t2lv", ["p", "p_perm"]] = 0.045
+    rep, clinical, metareg = _conclusions(tmp_path, [0.09, 0.3, 0.4], reg)
+    assert "q_fdr" in rep.meta["metaregression"]  # computed for a table written without it
+    (v1,), (v2,) = _verdicts(clinical), _verdicts(metareg)
+    assert v1 == v2 and "null for disease duration and EDSS: reproduced" in v1
+    assert "NOT reproduced" not in clinical + metareg
+    assert "not evidence of an association" in metareg
+    assert "expected by chance" in metareg
+    # the same metric ~ moderator from two models is told apart
+    assert "between_SMN_VN ~ T2 lesion volume (single-moderator model" in metareg
+    assert "between_SMN_VN ~ T2 lesion volume (joint model" in metareg
+    assert "published null" in _verdicts(clinical)[0] and "planted no association" in v1
+
+
+def test_a_corrected_association_overturns_the_null_in_both_sections(tmp_path):
+    from msnet.meta import metaregression_fdr
+
+    reg = _metareg_rows(0.5, 0.0005, q=metaregression_fdr)
+    _, clinical, metareg = _conclusions(tmp_path, [0.5, 0.6, 0.7], reg,
+                                        {"data": {"mode": "fmriprep"}})
+    (v1,), (v2,) = _verdicts(clinical), _verdicts(metareg)
+    assert v1 == v2 and "NOT reproduced" in v1
+    assert "across studies, within_DMN ~ EDSS (single-moderator model" in v1
+    assert "planted" not in v1  # real data: no ground truth to quote
+    # and a subject-level one, with the study level null
+    _, clinical, metareg = _conclusions(tmp_path, [0.01, 0.6, 0.7], _metareg_rows(0.5, 0.5))
+    (v1,), (v2,) = _verdicts(clinical), _verdicts(metareg)
+    assert v1 == v2 and "NOT reproduced" in v1
+    assert "within MS, within_DMN ~ disease duration" in v1
+
+
+def test_report_methods_use_the_options_the_outputs_record(tmp_path):
+    """The subject QC file and the meta table, not the config, decide the methods text."""
+    from msnet.report import _Report
+
+    qc = json.loads(Path(write_qc(tmp_path, "A", "01")).read_text())
+    qc.update(connectivity={"stage2_units": "standardized", "max_vif": 7.0},
+              qc_thresholds={"max_mean_fd": 0.2, "max_pct_censored": 25.0,
+                             "min_minutes_kept": 5.0, "max_pct_flat_voxels": 2.0})
+    path = tmp_path / "qc.json"
+    path.write_text(json.dumps(qc))
+    write_tsv(pd.DataFrame({"metric": ["within_DMN", "within_SN"], "model": ["random", "fixed"],
+                            "method": ["DL", "FE"], "test": ["knha", "knha"]}),
+              tmp_path / "networks.tsv")
+    config = {"connectivity": {"stage2_units": "psc"}, "meta": {"method": "REML"}}
+    rep = _Report(config, {"subject_qc": str(path),
+                           "meta_tables": {"networks": str(tmp_path / "networks.tsv")}},
+                  tmp_path, tmp_path)
+    text = rep.methods_text()
+    assert "partial standardised regression coefficients" in text
+    assert "% signal change" not in text
+    assert "mean FD > 0.2 mm" in text and "coefficient > 7" in text and "more than 2%" in text
+    assert "DerSimonian-Laird" in text and "Knapp-Hartung t tests" in text
+    assert "REML" not in text
+
+
+def test_exclusions_by_rule_counts_each_rule():
+    from msnet.report import exclusions_by_rule
+
+    qc = pd.DataFrame({"include": [False, False, False, True, False], "exclusion_reason": [
+        "dual regression ill-conditioned: VIF DMN = 31 > connectivity.max_vif 10 (...)",
+        "mean FD 0.700 mm > max_mean_fd 0.5 mm; 40.0 % of volumes censored > "
+        "max_pct_censored 30.0 %",
+        "dual regression ill-conditioned: VIF SN = 12 > connectivity.max_vif 10 (...)",
+        None, "no signal: the BOLD is constant over time"]})
+    table = exclusions_by_rule(qc).set_index("rule")["excluded"]
+    assert table.iloc[0] == 2 and "VIF" in table.index[0]
+    assert table["mean FD (qc.max_mean_fd)"] == 1 and table["no signal"] == 1
+    assert table["censored volumes (qc.max_pct_censored)"] == 1 and table.sum() == 5
