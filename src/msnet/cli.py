@@ -2,7 +2,10 @@
 
 Every subcommand reads the same config file as the workflow (``--config``, default
 ``config.yaml``) and runs the same checks, so ``msnet validate`` fails exactly where
-``snakemake`` would, before any heavy work.
+``snakemake`` would, before any heavy work, and lists every problem it finds in one pass.
+``msnet subject`` writes to its own folder (``--out``, default
+``{results_dir}/msnet_subject``), never over the workflow's outputs, so it does not make
+``snakemake`` re-run the jobs downstream of that subject.
 """
 
 from __future__ import annotations
@@ -44,10 +47,45 @@ def _cmd_plan(args) -> int:
     from msnet.io.plan import build_plan
 
     plan = build_plan(load_config(args.config))
-    table = plan.subjects.groupby(["study_id", "group"]).size().unstack(fill_value=0)
-    print(table.to_string())
-    print(f"total: {table.sum().to_dict()}")
+    print(plan_table(plan.subjects, plan.excluded))
     return 0
+
+
+def plan_table(subjects, excluded=None) -> str:
+    """The subjects per study and group as an aligned text table with a total row.
+
+    Parameters
+    ----------
+    subjects : pandas.DataFrame
+        ``study_id, group`` per subject (:attr:`msnet.io.plan.Plan.subjects`).
+    excluded : pandas.DataFrame, optional
+        ``study_id, participant_id, reason`` of inputs excluded before analysis.
+
+    Returns
+    -------
+    str
+        Columns ``study, MS, HC, subjects`` (and ``excluded`` when any input was excluded),
+        one row per study in study order, then ``total``.
+    """
+    counts = subjects.groupby(["study_id", "group"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=["MS", "HC"], fill_value=0)
+    rows = [[str(study), int(r["MS"]), int(r["HC"]), int(r["MS"] + r["HC"])]
+            for study, r in counts.iterrows()]
+    header = ["study", "MS", "HC", "subjects"]
+    n_excl = {}
+    if excluded is not None and len(excluded):
+        n_excl = excluded.groupby("study_id").size().to_dict()
+        header.append("excluded")
+        rows = [r + [int(n_excl.get(r[0], 0))] for r in rows]
+    total = ["total"] + [sum(r[i] for r in rows) for i in range(1, len(header))]
+    widths = [max(len(str(r[i])) for r in [header, *rows, total]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *map(line, rows), rule, line(total)])
 
 
 def _cmd_simulate(args) -> int:
@@ -85,8 +123,12 @@ def _cmd_subject(args) -> int:
     if not all(Path(f).is_file() for f in row["bold"]):
         raise MsnetInputError(f"{row['bold'][0]} does not exist. For the demo, write the "
                               f"dataset first: msnet simulate --config {args.config}")
-    paths = subject_outputs(config["results_dir"], args.study, row["label"],
-                            config["connectivity"]["seed_maps"])
+    out = Path(args.out) if args.out else default_subject_out(config["results_dir"])
+    if _same_folder(out, config["results_dir"]):
+        print(f"msnet: warning: --out {out} is the workflow's results folder: the subject's "
+              "files there will be newer than the workflow's later outputs, and the next "
+              "snakemake run re-runs every job downstream of this subject.", file=sys.stderr)
+    paths = subject_outputs(out, args.study, row["label"], config["connectivity"]["seed_maps"])
     qc = compute_subject_connectivity(
         study["fmriprep_dir"], pid, paths, denoise_options=config["denoise"],
         qc_options=config["qc"], connectivity_options=config["connectivity"],
@@ -99,9 +141,23 @@ def _cmd_subject(args) -> int:
     return 0
 
 
+def default_subject_out(results_dir) -> Path:
+    """Where ``msnet subject`` writes by default: ``{results_dir}/msnet_subject``, apart from
+    the workflow's own ``{results_dir}/subjects`` (the files go to
+    ``msnet_subject/subjects/study-{study}/sub-{label}/``, the workflow's layout)."""
+    return Path(results_dir) / "msnet_subject"
+
+
+def _same_folder(a, b) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``msnet`` command."""
+    from msnet import __version__
+
     parser = argparse.ArgumentParser(prog="msnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"msnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -119,9 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", action="append", help="simulate only this study (repeatable)")
     p = add("subject", _cmd_subject,
             "run the subject stage (denoise, QC, connectivity) for one subject, as the "
-            "workflow's compute_subject_connectivity job does")
+            "workflow's compute_subject_connectivity job does, into a folder of its own")
     p.add_argument("--study", required=True, help="study id")
     p.add_argument("--participant", required=True, help="participant id (sub-XX or XX)")
+    p.add_argument("--out", help="output folder; the files go to OUT/subjects/study-{study}/"
+                   "sub-{label}/ (default: {results_dir}/msnet_subject, apart from the "
+                   "workflow's outputs, which a later snakemake run would otherwise redo)")
     return parser
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from msnet.cli import main
+from msnet.cli import default_subject_out, main
 from msnet.io.plan import subject_outputs
 
 PARTICIPANTS = """participant_id\tgroup\tage\tsex\tdisease_duration\tedss
@@ -476,7 +476,8 @@ def test_base_dataset_is_valid_and_its_subject_included(base, tmp_path, capsys):
     code, out, err = _run(capsys, "subject", "--config", str(ds.config_path), "--study", "A",
                           "--participant", "sub-01")
     assert code == 0, err
-    qc = json.loads(Path(subject_outputs(ds.config["results_dir"], "A", "01")["qc"]).read_text())
+    qc = json.loads(Path(subject_outputs(default_subject_out(ds.config["results_dir"]), "A",
+                                         "01")["qc"]).read_text())
     assert qc["include"], qc["exclusion_reason"]
 
 
@@ -500,7 +501,7 @@ def test_bad_input(case, base, tmp_path, capsys):
         return
     code, out, err = _run(capsys, "subject", "--config", str(ds.config_path), "--study", "A",
                           "--participant", "sub-01")
-    outputs = subject_outputs(results, "A", "01")
+    outputs = subject_outputs(default_subject_out(results), "A", "01")
     if case.kind in ("table", "file", "job"):
         assert code == 2, f"the subject job accepted it: {out}"
         for needle in case.needles:

@@ -188,7 +188,8 @@ def test_cli_validate_accepts_the_demo(capsys):
 
 
 def test_cli_subject_runs_one_simulated_subject(tmp_path, capsys):
-    """`msnet simulate` then `msnet subject` write the workflow's subject outputs."""
+    """`msnet simulate` then `msnet subject` write the subject outputs in the workflow's
+    layout, in a folder of their own (never over the workflow's outputs)."""
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"),
                                       "simulate": {"n_studies": 1, "resolution_mm": 8}}))
@@ -198,9 +199,15 @@ def test_cli_subject_runs_one_simulated_subject(tmp_path, capsys):
     assert main(["simulate", "--config", str(config)]) == 0
     assert main(["subject", "--config", str(config), "--study", "S01",
                  "--participant", "S01HC001"]) == 0
-    out = tmp_path / "results" / "subjects" / "study-S01" / "sub-S01HC001"
+    out = tmp_path / "results" / "msnet_subject" / "subjects" / "study-S01" / "sub-S01HC001"
     assert (out / "sub-S01HC001_qc.json").is_file()
     assert (out / "sub-S01HC001_network-DMN_stat-amplitude_map.nii.gz").is_file()
+    assert not (tmp_path / "results" / "subjects").exists()  # the workflow's folder
+    assert str(out) in capsys.readouterr().out
+    assert main(["subject", "--config", str(config), "--study", "S01",
+                 "--participant", "S01HC001", "--out", str(tmp_path / "mine")]) == 0
+    assert (tmp_path / "mine" / "subjects" / "study-S01" / "sub-S01HC001"
+            / "sub-S01HC001_qc.json").is_file()
     assert main(["subject", "--config", str(config), "--study", "S01",
                  "--participant", "nobody"]) == 2
 
@@ -315,3 +322,21 @@ def test_subject_chunks_stay_within_studies_and_cover_everyone():
         ["s0", "s1"], ["s2", "s3"], ["s4"], ["s5", "s6"]]
     assert [c for c, _ in subject_chunks(subjects, 1)] == [
         "A_1", "A_2", "A_3", "A_4", "A_5", "B_1", "B_2"]
+
+
+def test_cli_version(capsys):
+    from msnet import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"msnet {__version__}"
+
+
+def test_cli_plan_prints_a_table(capsys):
+    assert main(["plan", "--config", str(REPO / "config.yaml")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["study", "MS", "HC", "subjects"]
+    assert lines[2].split()[0] == "S01" and lines[-1].split()[0] == "total"
+    total = [int(x) for x in lines[-1].split()[1:]]
+    assert total[0] + total[1] == total[2] and "{" not in "".join(lines)
