@@ -17,6 +17,7 @@
 #                         benchmarks/, bench_wall.txt and disk use); default: run the demo
 #                         first (benchmarks/bench_demo.sh) and compare with that
 #   --keep                keep the results folders
+#   --dry-only            only time `snakemake -n` (the demo and this scale), run nothing
 #
 # At scale 1 on a 2-core machine this takes one to two hours and about 15 GB of disk.
 # snakemake and python are taken from PATH (e.g. `export PATH=/work/venv/bin:$PATH`).
@@ -28,6 +29,7 @@ scale=1
 results=""
 demo=""
 keep=0
+dry_only=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --cores) cores="$2"; shift 2 ;;
@@ -35,7 +37,8 @@ while [[ $# -gt 0 ]]; do
         --results-dir) results="$2"; shift 2 ;;
         --demo-results) demo="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --dry-only) dry_only=1; shift ;;
+        -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench_fullscale.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -65,13 +68,29 @@ run() {  # run RESULTS_DIR CONFIG_FILE
     fi
 }
 
+# The plan alone: `snakemake -n` (parse, plan, DAG) for the demo and at this scale.
+dry() {  # dry LABEL CONFIG_FILE
+    local TIMEFORMAT="dry run ($1): %R s wall, %U s user CPU"
+    time (cd "$repo" && snakemake -n -q --configfile "$2" --config "results_dir=$work/dry" \
+        >/dev/null 2>&1)
+}
+printf 'results_dir: %s\n' "$work/unused" >"$work/demo.yaml"
+printf 'simulate:\n  scale: %s\n' "$scale" >"$work/fullscale.yaml"
+dry demo "$work/demo.yaml"
+dry "scale $scale" "$work/fullscale.yaml"
+jobs=$(cd "$repo" && snakemake -n --configfile "$work/fullscale.yaml" \
+    --config "results_dir=$work/dry" 2>/dev/null | awk '$1 == "total" {print $2; exit}')
+echo "jobs at scale $scale: $jobs"
+if [[ $dry_only -eq 1 ]]; then
+    rm -rf "$work"
+    exit 0
+fi
+
 if [[ -z "$demo" ]]; then
     demo="$work/demo"
-    printf 'results_dir: %s\n' "$demo" >"$work/demo.yaml"
     echo "== the demo (config.yaml) =="
     run "$demo" "$work/demo.yaml"
 fi
-printf 'simulate:\n  scale: %s\n' "$scale" >"$work/fullscale.yaml"
 echo "== scale $scale =="
 run "$results" "$work/fullscale.yaml"
 
