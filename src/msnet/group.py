@@ -9,8 +9,12 @@ Stage 3 of the workflow. For every analysis network (DMN, SMN, VN, SN):
   stage-2 maps, with the same model at every voxel.
 
 Per study (:func:`compare_groups_study`): OLS; n per group, raw and covariate-adjusted means,
-t, p, and Hedges' g with its variance from the adjusted t (two-group formulas, see
-:func:`msnet.stats.hedges_g`) — the inputs of the meta-analysis. Pooled
+t, p, and Hedges' g = J β / σ_res (adjusted difference over the residual SD) with its exact
+variance (:func:`msnet.stats.g_from_beta`) — the inputs of the meta-analysis, on the same scale
+as the pooled model's g, so meta and mega estimate the same quantity. ``group.effect_size: t``
+instead derives d from the adjusted t (``d = t sqrt(1/n_ms + 1/n_hc)``, two-group formulas of
+:func:`msnet.stats.hedges_g`), which equals ``(β / σ_res) sqrt(1 - R²)`` (R² of group on the
+covariates): it shrinks towards 0 when MS and HC differ in age or another covariate. Pooled
 (:func:`compare_groups_pooled`, a mega-analysis of all subjects): statsmodels ``MixedLM``
 with a random intercept per study at network level; voxelwise OLS with one indicator per
 study and permutation FWE (voxel max-t, cluster size, optional TFCE), FDR q maps and cluster
@@ -57,9 +61,16 @@ GROUP_DEFAULTS = {
     "min_residual_df": 10,
     "mask_template_threshold": 0.2,
     "mask_t_threshold": 5.0,
+    "effect_size": "beta",
     **st.INFERENCE_DEFAULTS,
 }
 """Options of the ``group`` config section (see the module docstring and the report)."""
+
+EFFECT_SIZES = ("beta", "t")
+"""Per-study effect sizes (``group.effect_size``): ``beta`` = ``J β / σ_res`` with its exact
+variance (:func:`msnet.stats.g_from_beta`, the quantity the pooled model estimates); ``t`` =
+``d = t sqrt(1/n_ms + 1/n_hc)`` (:func:`msnet.stats.d_from_t`, smaller by ``sqrt(1 - R²)``
+when the groups differ in a covariate)."""
 
 EXCLUSION_COLUMNS = ["study_id", "participant_id", "group", "level", "scope", "reason"]
 NA = "n/a"
@@ -478,11 +489,42 @@ def _raw_summary(y, is_ms) -> dict:
     return out
 
 
-def _effect_columns(d, n_ms, n_hc, level) -> dict:
-    g, var_g = st.hedges_g(d, n_ms, n_hc)
+def _effect_columns(d, g, var_g, level) -> dict:
     lo, hi = st.confidence_interval(g, np.sqrt(var_g), level)
     return {"d": float(d), "g": float(g), "var_g": float(var_g), "g_ci_low": float(lo),
             "g_ci_high": float(hi)}
+
+
+def contrast_variance(X, k: int) -> float:
+    """``[(X'X)^-1]_kk``: the variance of the OLS coefficient ``k`` in units of σ²."""
+    pinv = np.linalg.pinv(np.asarray(X, float))
+    return float(pinv[k] @ pinv[k])
+
+
+def check_effect_size(effect_size: str) -> str:
+    """Validate ``group.effect_size`` (:data:`EFFECT_SIZES`)."""
+    if effect_size not in EFFECT_SIZES:
+        raise MsnetInputError(f"config section 'group': option 'effect_size' = {effect_size!r} "
+                              f"is invalid; use one of {list(EFFECT_SIZES)}.")
+    return effect_size
+
+
+def study_effect_sizes(r: st.OLSResult, design: st.Design, effect_size: str = "beta"):
+    """Per-study Hedges' g and var(g) of ``group_ms`` from an OLS fit (every column of ``r``).
+
+    ``beta`` (default): :func:`msnet.stats.g_from_beta` with ``c = [(X'X)^-1]_group`` and the
+    residual df. ``t``: ``d = t sqrt(1/n_ms + 1/n_hc)`` and :func:`msnet.stats.hedges_g`.
+
+    Returns
+    -------
+    d, g, var_g : numpy.ndarray, shape (V,)
+    """
+    n_ms, n_hc = _group_counts(design)
+    if check_effect_size(effect_size) == "t":
+        d = st.d_from_t(r.t, n_ms, n_hc)
+        return (d, *st.hedges_g(d, n_ms, n_hc))
+    c = contrast_variance(design.X, design.col("group_ms"))
+    return st.g_from_beta(r.effect, r.sigma, c, r.df)
 
 
 def _covariate_columns(design: st.Design) -> dict:
@@ -491,13 +533,16 @@ def _covariate_columns(design: st.Design) -> dict:
 
 
 def study_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int = 2,
-                        level: float = 0.95, study_id=NA, min_residual_df: int = 0):
+                        level: float = 0.95, study_id=NA, min_residual_df: int = 0,
+                        effect_size: str = "beta"):
     """Per-study MS-vs-HC OLS for every network metric.
 
-    ``metric ~ group + covariates`` (OLS, covariates centred). Hedges' g is computed from the
-    covariate-adjusted t: ``d = t sqrt(1/n_ms + 1/n_hc)``, ``g = J d`` (see
-    :func:`msnet.stats.hedges_g`); with no covariates this is exactly g from the raw means and
-    pooled SD.
+    ``metric ~ group + covariates`` (OLS, covariates centred). Hedges' g (see
+    :func:`study_effect_sizes`): by default ``g = J β / σ_res`` with its exact variance
+    (:func:`msnet.stats.g_from_beta`), unbiased for the adjusted difference in residual-SD
+    units whatever the covariate imbalance (the pooled model's quantity); ``effect_size="t"``
+    uses ``d = t sqrt(1/n_ms + 1/n_hc)``. Without covariates both give g from the raw means
+    and pooled SD (the variances differ slightly: exact versus Borenstein's approximation).
 
     Parameters
     ----------
@@ -512,6 +557,8 @@ def study_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int =
     min_residual_df : int
         Covariates that would leave fewer residual degrees of freedom are not adjusted for
         (recorded; see :func:`msnet.stats.build_design`).
+    effect_size : {"beta", "t"}
+        How g is computed (:data:`EFFECT_SIZES`).
 
     Returns
     -------
@@ -520,8 +567,8 @@ def study_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int =
         network_b, kind, method, n_ms, n_hc, mean_ms, sd_ms, mean_hc, sd_hc`` (raw),
         ``adjmean_ms, adjmean_hc`` (at the covariate means), ``beta`` (MS - HC), ``se, t, df,
         p, beta_ci_low, beta_ci_high, d, g, var_g, g_ci_low, g_ci_high, q_fdr`` (BH within
-        the within/between family), ``covariates, covariates_dropped, status`` (ok/excluded),
-        ``reason``.
+        the within/between family), ``effect_size`` (beta/t), ``covariates,
+        covariates_dropped, status`` (ok/excluded), ``reason``.
     exclusions : list of dict
     """
     rows, records = [], []
@@ -546,10 +593,11 @@ def study_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int =
         c = np.eye(design.X.shape[1])[design.col("group_ms")]
         r = st.ols(y, design.X, c)
         lo, hi = st.confidence_interval(r.effect[0], r.se[0], level, r.df)
+        d, g, var_g = study_effect_sizes(r, design, effect_size)
         row.update(adjmean_hc=r.beta[0, 0], adjmean_ms=r.beta[0, 0] + r.effect[0],
                    beta=r.effect[0], se=r.se[0], t=r.t[0], df=r.df, p=r.p[0],
                    beta_ci_low=float(lo), beta_ci_high=float(hi),
-                   **_effect_columns(st.d_from_t(r.t[0], n_ms, n_hc), n_ms, n_hc, level),
+                   **_effect_columns(d[0], g[0], var_g[0], level), effect_size=effect_size,
                    status="ok", reason="")
         rows.append(row)
         records += rec
@@ -561,7 +609,7 @@ _STATS = ["mean_ms", "sd_ms", "mean_hc", "sd_hc", "adjmean_ms", "adjmean_hc", "b
 _EFFECT = ["p", "beta_ci_low", "beta_ci_high", "d", "g", "var_g", "g_ci_low", "g_ci_high",
            "q_fdr"]
 _TAIL = ["covariates", "covariates_dropped", "status", "reason"]
-STUDY_COLUMNS = _COMMON + _STATS + ["t", "df"] + _EFFECT + _TAIL
+STUDY_COLUMNS = _COMMON + _STATS + ["t", "df"] + _EFFECT + ["effect_size"] + _TAIL
 """Columns of the per-study MS-vs-HC table."""
 POOLED_COLUMNS = (_COMMON + ["n_studies"] + _STATS + ["z"] + _EFFECT
                   + ["tau2", "converged", "note"] + _TAIL)
@@ -584,8 +632,9 @@ def pooled_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int 
     ``metric ~ group + covariates + (1 | study)`` (REML; OLS when only one study is left).
     Covariates are centred within study (set to 0 in a study that lacks them or where they
     are constant, recorded). The effect size is ``d = beta / sigma`` with ``sigma`` the
-    residual (within-study) SD, ``g = J d`` and ``var(g)`` from the two-group formula with the
-    total group sizes.
+    residual (within-study) SD and ``g = J d``, the same quantity as the per-study g
+    (:func:`msnet.stats.g_from_beta` with ``c = se² / sigma²`` and the within-study residual
+    df ``n - p - (n_studies - 1)``).
 
     Returns
     -------
@@ -613,23 +662,35 @@ def pooled_group_effects(subjects: pd.DataFrame, covariates, min_per_group: int 
                                                reason)]
             continue
         fit = st.fit_pooled(y, design, "group_ms", level)
+        d, g, var_g = pooled_effect_size(fit, design)
         row.update({k: fit[k] for k in ("method", "beta", "se", "z", "p", "tau2", "converged",
                                         "note")},
                    beta_ci_low=fit["ci_low"], beta_ci_high=fit["ci_high"],
                    adjmean_hc=fit["intercept"], adjmean_ms=fit["intercept"] + fit["beta"],
-                   **_effect_columns(fit["beta"] / np.sqrt(fit["scale"]), n_ms, n_hc, level),
-                   status="ok", reason="")
+                   **_effect_columns(d, g, var_g, level), status="ok", reason="")
         rows.append(row)
         records += rec
     return finish_table(rows, POOLED_COLUMNS), records
 
 
+def pooled_effect_size(fit: dict, design: st.Design):
+    """(d, g, var g) of a :func:`msnet.stats.fit_pooled` result: ``J β / σ_res`` with
+    ``c = se² / σ²`` and the within-study residual df (:func:`msnet.stats.g_from_beta`)."""
+    scale = fit["scale"]
+    n_studies = len(set(design.studies))
+    df = design.X.shape[0] - design.X.shape[1] - (n_studies - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = fit["se"] ** 2 / scale
+    d, g, var_g = st.g_from_beta(fit["beta"], np.sqrt(scale), c, df)
+    return float(d), float(g), float(var_g)
+
+
 # --------------------------------------------------------------------------- voxelwise
 
 
-def voxelwise_group_study(Y, design: st.Design) -> dict:
-    """Per-study voxelwise MS-vs-HC OLS: t, Hedges' g and var(g) maps (from t, as at network
-    level).
+def voxelwise_group_study(Y, design: st.Design, effect_size: str = "beta") -> dict:
+    """Per-study voxelwise MS-vs-HC OLS: t, Hedges' g and var(g) maps (as at network level,
+    :func:`study_effect_sizes`).
 
     Parameters
     ----------
@@ -637,15 +698,16 @@ def voxelwise_group_study(Y, design: st.Design) -> dict:
         Maps of the design's subjects over the network mask.
     design : msnet.stats.Design
         With a ``group_ms`` column.
+    effect_size : {"beta", "t"}
+        How g is computed (:data:`EFFECT_SIZES`).
 
     Returns
     -------
     dict
         ``t, g, varg, p`` arrays of shape (V,).
     """
-    n_ms, n_hc = _group_counts(design)
     r = st.ols(Y, design.X, np.eye(design.X.shape[1])[design.col("group_ms")])
-    g, var_g = st.hedges_g(st.d_from_t(r.t, n_ms, n_hc), n_ms, n_hc)
+    _, g, var_g = study_effect_sizes(r, design, effect_size)
     return {"t": r.t, "g": g, "varg": var_g, "p": r.p}
 
 
@@ -742,7 +804,7 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
         ``results/group/study-{id}``.
     options : dict
         ``group`` options (:data:`GROUP_DEFAULTS`; uses ``covariates``, ``min_per_group``,
-        ``alpha`` (CI level 1 - alpha)).
+        ``min_residual_df``, ``effect_size``, ``alpha`` (CI level 1 - alpha)).
 
     Returns
     -------
@@ -764,7 +826,8 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
                                       maps)
     included = subjects[subjects["include"]]
     table, rec = study_group_effects(included, opts["covariates"], opts["min_per_group"],
-                                     level, study_id, opts["min_residual_df"])
+                                     level, study_id, opts["min_residual_df"],
+                                     check_effect_size(opts["effect_size"]))
     records += rec
     written = []
     for net, mask_img in load_network_masks(network_masks, maps).items():
@@ -783,7 +846,7 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
             n_vox = int((np.asarray(mask_img.dataobj) > 0).sum())
             values = {k: np.full(n_vox, np.nan) for k in ("t", "g", "varg")}
         else:
-            res = voxelwise_group_study(Yd[:, keep], design)
+            res = voxelwise_group_study(Yd[:, keep], design, opts["effect_size"])
             values = _expand({k: res[k] for k in ("t", "g", "varg")}, keep)
         written += save_maps(values, mask_img, out_dir / f"study-{study_id}_network-{net}")
         records += rec
@@ -866,8 +929,9 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
             res = permutation_inference(Yd[:, keep], design, "group_ms",
                                         np.asarray(sub_img.dataobj) > 0, opts,
                                         [int(opts["seed"]), k])
-            g, var_g = st.hedges_g(res.effect / np.where(res.sigma > 0, res.sigma, np.inf),
-                                   n_ms, n_hc)
+            Xd, cols = design.with_study_dummies()
+            _, g, var_g = st.g_from_beta(res.effect, res.sigma,
+                                         contrast_variance(Xd, cols.index("group_ms")), res.df)
             values = _expand({**st.inference_maps(res), "g": g, "varg": var_g}, keep)
             ctab = st.cluster_table(res, sub_img, g, "g", float(opts["alpha"]),
                                     ("MS>HC", "MS<HC"))

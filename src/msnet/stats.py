@@ -377,8 +377,69 @@ def hedges_g(d, n1, n2):
 
 
 def d_from_t(t, n1, n2):
-    """Return Cohen's d from a two-group t: ``d = t sqrt(1/n1 + 1/n2)``."""
+    """Return Cohen's d from a two-group t: ``d = t sqrt(1/n1 + 1/n2)``.
+
+    With covariates in the model this is ``(beta / sigma) sqrt(1 - R²)`` (``R²`` of the group
+    indicator regressed on the covariates), i.e. it shrinks towards 0 when the groups differ
+    in a covariate; :func:`g_from_beta` does not.
+    """
     return np.asarray(t, float) * np.sqrt(1.0 / n1 + 1.0 / n2)
+
+
+def hedges_j(df):
+    """Exact small-sample correction ``J(m) = Γ(m/2) / (sqrt(m/2) Γ((m-1)/2))`` (Hedges 1981).
+
+    ``J(m) E[1/σ̂] = 1/σ`` for ``σ̂²`` with ``m`` degrees of freedom, so ``J β̂ / σ̂`` is
+    unbiased for ``β / σ``. ``1 - 3 / (4m - 1)`` approximates it (to 1e-5 at m = 20).
+    NaN for ``m < 2``.
+    """
+    from scipy.special import gammaln
+
+    m = np.asarray(df, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        j = np.exp(gammaln(m / 2) - 0.5 * np.log(m / 2) - gammaln((m - 1) / 2))
+    return np.where(m >= 2, j, np.nan)
+
+
+def g_from_beta(beta, sigma, c, df):
+    """Standardised covariate-adjusted group difference: ``g = J β̂ / σ̂`` and its variance.
+
+    ``β̂`` is the adjusted group difference, ``σ̂`` the residual SD with ``df = m`` degrees of
+    freedom and ``c`` the contrast's element of ``(X'X)^-1`` (``var(β̂) = c σ²``; ``c = 1/n1 +
+    1/n2`` without covariates, larger when the groups differ in a covariate). Because β̂ is
+    normal and independent of ``σ̂² ~ σ² χ²_m / m``, with ``δ = β/σ`` and ``J`` of
+    :func:`hedges_j`:
+
+    * ``E[g] = δ`` (unbiased, whatever the covariate imbalance; this is the quantity the
+      pooled mega-analysis estimates, so meta and mega agree in expectation);
+    * ``var(g) = J² m / (m - 2) (c + δ²) - δ²`` (from ``E[1/σ̂²] = m / ((m - 2) σ²)``);
+    * its unbiased estimator, returned here, replaces δ² by its unbiased estimate
+      ``g² (m - 2) / (m J²) - c``: ``var(g) = c + (1 - (m - 2) / (m J²)) g²``
+      (``≈ c + g² / (2m)``; metafor ``escalc(measure="SMD", vtype="UB")`` is the case
+      without covariates). NaN for ``m < 3`` (the variance is infinite).
+
+    Parameters
+    ----------
+    beta, sigma : float or array
+        Adjusted difference and residual SD (``sigma <= 0`` gives NaN).
+    c : float or array
+        ``var(β̂) / σ²``.
+    df : int or array
+        Residual degrees of freedom of ``σ̂``.
+
+    Returns
+    -------
+    d, g, var_g : float or array
+        ``d = β̂ / σ̂`` (Cohen's d, uncorrected), Hedges' g and its variance.
+    """
+    beta, sigma = np.asarray(beta, float), np.asarray(sigma, float)
+    m = np.asarray(df, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(sigma > 0, beta / np.where(sigma > 0, sigma, 1.0), np.nan)
+        j = hedges_j(m)
+        g = j * d
+        var_g = np.where(m >= 3, c + (1.0 - (m - 2.0) / (m * j**2)) * g**2, np.nan)
+    return d, g, var_g
 
 
 def fdr_bh(p):
@@ -412,11 +473,26 @@ def _within(v: np.ndarray, studies) -> np.ndarray:
 # --------------------------------------------------------------------------- mixed model
 
 
+MIXEDLM_OPTIMIZERS = (None, ("powell", "lbfgs"), ("nm", "lbfgs"))
+"""Optimiser sequences tried in turn by :func:`mixedlm` until one converges (``None`` is
+statsmodels' default bfgs -> lbfgs -> cg; powell then lbfgs is its documented fallback)."""
+
+
+def _optimizer_name(method) -> str:
+    return "bfgs/lbfgs/cg" if method is None else "/".join(method)
+
+
 def mixedlm(y, X, groups, tested: int, level: float = 0.95) -> dict:
     """Fit a linear mixed model with a random intercept per group (statsmodels ``MixedLM``).
 
-    REML fit. A fit that fails is reported (``converged=False`` and the message in ``note``)
-    instead of raising, so one bad metric does not stop a stage.
+    REML fit. statsmodels' default gradient optimisers (bfgs, then lbfgs, then cg) sometimes
+    stop short of the REML optimum (a flat likelihood near a small random-intercept variance)
+    and flag ``converged=False``; the fit is then repeated with the other optimiser sequences
+    of :data:`MIXEDLM_OPTIMIZERS` (Powell's derivative-free search, then lbfgs, reaches it)
+    and the converged fit with the highest restricted log-likelihood is kept; ``note`` says
+    which optimiser gave it. When none converges the highest-likelihood fit is returned with
+    ``converged=False``. A fit that fails outright is reported (``converged=False`` and the
+    message in ``note``) instead of raising, so one bad metric does not stop a stage.
 
     Parameters
     ----------
@@ -434,28 +510,47 @@ def mixedlm(y, X, groups, tested: int, level: float = 0.95) -> dict:
     -------
     dict
         ``beta, se, z, p, ci_low, ci_high, intercept, scale`` (residual variance),
-        ``tau2`` (random-intercept variance), ``converged`` and ``note`` (warnings).
+        ``tau2`` (random-intercept variance), ``converged``, ``optimizer`` (the sequence
+        that gave the fit) and ``note`` (warnings of that fit; the optimisers that failed).
     """
     import statsmodels.api as sm
 
     out = dict.fromkeys(("beta", "se", "z", "p", "ci_low", "ci_high", "intercept", "scale",
                          "tau2"), np.nan)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            fit = sm.MixedLM(np.asarray(y, float), np.asarray(X, float),
-                             groups=np.asarray(groups)).fit(reml=True)
-        except (np.linalg.LinAlgError, ValueError) as exc:
-            return {**out, "converged": False, "note": f"fit failed: {exc}"}
+    model = sm.MixedLM(np.asarray(y, float), np.asarray(X, float), groups=np.asarray(groups))
+    fits, errors = [], []
+    for method in MIXEDLM_OPTIMIZERS:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                fit = model.fit(reml=True, method=None if method is None else list(method))
+            except (np.linalg.LinAlgError, ValueError) as exc:
+                errors.append(f"{_optimizer_name(method)} failed: {exc}")
+                continue
+        fits.append((bool(fit.converged), float(fit.llf), method, fit, caught))
+        if fit.converged:
+            break
+    if not fits:
+        return {**out, "converged": False, "optimizer": "", "note": "fit failed: "
+                + "; ".join(errors)}
+    converged, _, method, fit, caught = max(fits, key=lambda f: (f[0], f[1]))
     fe, se = np.asarray(fit.fe_params), np.asarray(fit.bse_fe)
     lo, hi = confidence_interval(fe[tested], se[tested], level)
-    notes = sorted({str(w.message).split("\n")[0] for w in caught})
+    notes = sorted({str(w.message).split("\n")[0] for w in caught
+                    if not str(w.message).startswith("Retrying MixedLM")})
+    failed = [_optimizer_name(f[2]) for f in fits if not f[0]] + errors
+    if failed and converged:
+        notes.insert(0, f"converged with {_optimizer_name(method)} after "
+                        f"{', '.join(failed)} did not")
+    elif not converged:
+        notes.insert(0, "REML did not converge with any optimiser ("
+                        f"{', '.join(failed)}); highest-likelihood estimate kept")
     return {
         "beta": fe[tested], "se": se[tested], "z": fe[tested] / se[tested],
         "p": float(2 * sps.norm.sf(abs(fe[tested] / se[tested]))),
         "ci_low": float(lo), "ci_high": float(hi), "intercept": fe[0],
         "scale": float(fit.scale), "tau2": float(np.asarray(fit.cov_re)[0, 0]),
-        "converged": bool(fit.converged), "note": "; ".join(notes),
+        "converged": converged, "optimizer": _optimizer_name(method), "note": "; ".join(notes),
     }
 
 
@@ -478,7 +573,8 @@ def fit_pooled(y, design: Design, term: str, level: float = 0.95) -> dict:
     lo, hi = confidence_interval(r.effect[0], r.se[0], level, r.df)
     return {"beta": r.effect[0], "se": r.se[0], "z": r.t[0], "p": r.p[0], "ci_low": float(lo),
             "ci_high": float(hi), "intercept": r.beta[0, 0], "scale": float(r.sigma[0] ** 2),
-            "tau2": np.nan, "converged": True, "note": "one study: OLS", "method": "OLS"}
+            "tau2": np.nan, "converged": True, "optimizer": "", "note": "one study: OLS",
+            "method": "OLS"}
 
 
 def partial_regression(y, X, k: int):
