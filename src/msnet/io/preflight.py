@@ -124,7 +124,7 @@ def _same_grid(img, grid) -> bool:
 
 
 def check_subjects(subjects, denoise_options=None, cache=None,
-                   workers: int = DEFAULT_WORKERS) -> list[str]:
+                   workers: int | None = None) -> list[str]:
     """Check many subjects' files in parallel (see the module docstring).
 
     Parameters
@@ -137,8 +137,8 @@ def check_subjects(subjects, denoise_options=None, cache=None,
         JSON file remembering the subjects that passed (keyed by every checked file's path,
         size and mtime, the options and this code); those are not read again. Written
         atomically; a cache that cannot be read or written is ignored.
-    workers : int
-        Threads.
+    workers : int, optional
+        Threads (default :data:`DEFAULT_WORKERS`).
 
     Returns
     -------
@@ -146,6 +146,7 @@ def check_subjects(subjects, denoise_options=None, cache=None,
         Every problem, one line each, in the order of ``subjects``.
     """
     subjects = list(subjects)
+    workers = workers or DEFAULT_WORKERS
     salt = _salt(denoise_options)
     keys = [_subject_key(files, lesion, salt) for files, lesion in subjects]
     passed = _read_cache(cache, salt) if cache else set()
