@@ -5,16 +5,21 @@ low_pass, t_r, standardize_confounds).fit_transform(bold, confounds, sample_mask
 with the confounds and sample mask of ``nilearn.interfaces.fmriprep.load_confounds``
 (before standardisation, which is left to the caller):
 
-1. confound selection and the sample mask (non-steady-state volumes, scrubbing) come from
-   nilearn's own ``load_confounds`` / ``load_confounds_strategy`` (:func:`select_confounds`);
+1. confound selection and the sample mask (non-steady-state volumes, scrubbing) are those
+   of nilearn's ``load_confounds`` / ``load_confounds_strategy``, through a port tested
+   against them (:func:`nilearn_load_confounds`);
 2. spatial smoothing is nilearn's ``smooth_array`` (``gaussian_filter1d`` along x, y, z in
    float32, non-finite values set to 0), restricted to the mask's bounding box plus the
    kernel radius, which gives the same values at every in-mask voxel;
 3. the temporal cleaning of ``nilearn.signal.clean`` (nilearn 0.13, ``extrapolate=False``):
    crop to the first..last kept volume, cubic-spline interpolation of censored volumes,
-   detrend, 5th-order Butterworth filtering of signals and confounds, censoring, z-scored
-   confounds projected out through a pivoted QR (or, without filtering: censor, detrend,
-   project).
+   detrend, 5th-order Butterworth filtering of signals and confounds (scipy's ``butter``
+   and ``sosfiltfilt``, ported: :func:`_butter_sos`), censoring, z-scored confounds
+   projected out through a pivoted QR (or, without filtering: censor, detrend, project).
+
+The two ports keep nilearn's fMRIPrep interface (which imports scikit-learn) and
+``scipy.signal`` (which imports scipy.stats) out of the subject jobs: together about 1 s of
+CPU per job start-up, more than a demo subject's denoising.
 
 Why msnet does not just call nilearn (measured in ``benchmarks/bench_denoise.py``):
 ``NiftiMasker`` decompresses the ``.nii.gz`` more than once and holds several float copies
@@ -36,11 +41,8 @@ mirror kept), the two agree to float32 precision; the tests check both.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -219,12 +221,13 @@ def _custom_load_kwargs(opts: dict) -> dict:
 
 
 def select_confounds(table, meta, opts: dict, source: Path):
-    """Select confounds and build the sample mask with nilearn's ``load_confounds``.
+    """Select confounds and build the sample mask as nilearn's ``load_confounds`` does.
 
-    nilearn reads the TSV beside an image path; msnet hands it the harmonised table (see
-    :func:`msnet.io.fmriprep.read_confounds`) written beside a stand-in image name in a
-    temporary folder, so legacy tables and recomputed FD/DVARS go through exactly the same
-    nilearn code as current ones.
+    The selection is :func:`nilearn_load_confounds`, a port of nilearn 0.13's
+    ``load_confounds`` / ``load_confounds_strategy`` applied to the harmonised table (see
+    :func:`msnet.io.fmriprep.read_confounds`), so legacy tables and recomputed FD/DVARS go
+    through the same rules as current ones; the tests check it against nilearn's own
+    functions on the same tables.
 
     Parameters
     ----------
@@ -246,38 +249,161 @@ def select_confounds(table, meta, opts: dict, source: Path):
     sample_mask : numpy.ndarray
         Indices of the kept volumes (all volumes when nothing is removed).
     """
-    from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
-
     _check_compcor_sidecar(meta, opts, source)
-    tmp = Path(tempfile.mkdtemp(prefix="msnet_conf_"))
-    while "tsv" in str(tmp):  # nilearn derives the JSON path with str.replace("tsv", "json")
-        tmp.rmdir()
-        tmp = Path(tempfile.mkdtemp(prefix="msnet_conf_"))
     try:
-        stem = tmp / "sub-x_task-x"
-        table.to_csv(f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
-        Path(f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(meta or {}))
-        desc = "smoothAROMAnonaggr" if opts["strategy"] == "ica_aroma" else "preproc"
-        img = f"{stem}_space-x_desc-{desc}_bold.nii.gz"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if opts["strategy"] == "custom":
-                conf, sample_mask = load_confounds(img, **_custom_load_kwargs(opts))
-            else:
-                conf, sample_mask = load_confounds_strategy(img, denoise_strategy=opts["strategy"])
-    except ValueError as exc:
+        conf, sample_mask = nilearn_load_confounds(table, meta, load_confounds_kwargs(opts))
+    except (KeyError, ValueError) as exc:
         raise MsnetInputError(
-            f"Confounds table {source} lacks what denoise strategy {opts['strategy']!r} needs: {exc} "
-            "Pick a strategy/option the table supports (e.g. compcor needs fMRIPrep >= 1.4)."
+            f"Confounds table {source} lacks what denoise strategy {opts['strategy']!r} needs: "
+            f"{exc.args[0] if exc.args else exc} Pick a strategy/option the table supports "
+            "(e.g. compcor needs fMRIPrep >= 1.4)."
         ) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     n = len(table)
     sample_mask = np.arange(n) if sample_mask is None else np.asarray(sample_mask, dtype=int)
     if conf is None or conf.shape[1] == 0:
         return None, [], sample_mask
     _check_finite_confounds(conf, table, opts, source)
     return conf.to_numpy(dtype=float), list(conf.columns), sample_mask
+
+
+def nilearn_load_confounds(table, meta, kwargs: dict):
+    """nilearn 0.13's ``load_confounds`` on an in-memory fMRIPrep confounds table.
+
+    A port of what ``nilearn.interfaces.fmriprep.load_confounds(img, **kwargs)`` does once
+    it has read the table and its JSON sidecar (``_load_single_confounds_file``): the
+    non-steady-state columns, each component of ``kwargs["strategy"]`` (motion, wm_csf,
+    global_signal with their expansions; fMRIPrep's cosines for high_pass; CompCor columns
+    chosen from the sidecar; ICA-AROMA regressors for ``ica_aroma: basic``; scrubbing
+    outliers with nilearn's segment rule), the sample mask from the outlier columns,
+    regressors sorted by name, n/a in the first row filled from the second, and demeaning
+    over the kept volumes. Ported because importing nilearn's fMRIPrep interface costs a
+    subject job about 1 s of CPU (it imports scikit-learn, and through it scipy.stats) for
+    column selection; the tests check it against nilearn's own function on the same tables.
+    What nilearn refuses is refused the same way: ``ValueError`` listing the missing
+    components, ``KeyError`` for a partial set (:func:`check_confounds_columns` says both
+    earlier, in msnet's words).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Harmonised confounds table.
+    meta : dict or None
+        Its JSON sidecar.
+    kwargs : dict
+        ``load_confounds`` arguments (:func:`load_confounds_kwargs`).
+
+    Returns
+    -------
+    confounds : pandas.DataFrame or None
+        None when the strategy is empty (as nilearn).
+    sample_mask : numpy.ndarray or None
+        None when no volume is removed (as nilearn).
+    """
+    import pandas as pd
+
+    kwargs = {**_LOAD_CONFOUNDS_DEFAULTS, **kwargs}
+    strategy = tuple(kwargs["strategy"])
+    raw = pd.DataFrame({c: table[c].to_numpy(dtype=np.float64) for c in table.columns})
+    frames = [raw[[c for c in raw.columns if "non_steady_state" in c]]]
+    missing_params, missing_keywords = [], []
+
+    def found(params):  # nilearn's check_params_confounds: False, True or the absent ones
+        absent = [c for c in params if c not in raw.columns]
+        return False if len(absent) == len(params) else (absent or True)
+
+    for component in strategy:
+        if component in ("motion", "wm_csf", "global_signal", "compcor"):
+            if component == "compcor":
+                params, problem = _compcor_columns(meta or {}, kwargs["compcor"], kwargs["n_compcor"])
+                if problem:  # nilearn fails looking the Mask up
+                    raise KeyError(problem)
+            else:
+                base = {"motion": list(MOTION_COLUMNS), "wm_csf": ["csf", "white_matter"],
+                        "global_signal": ["global_signal"]}[component]
+                params = base + [f"{b}_{x}" for b in base for x in _SUFFIXES[kwargs[component]]]
+            check = found(params)
+            if component == "motion" and isinstance(check, list):
+                missing_params += check
+            elif check:
+                frames.append(raw[params])  # a partial set fails here (KeyError), as in nilearn
+            else:
+                missing_keywords.append(component)
+        elif component == "high_pass":
+            frames.append(raw[[c for c in raw.columns if "cosine" in c]])
+        elif component == "ica_aroma":
+            if kwargs["ica_aroma"] == "basic":
+                aroma = [c for c in raw.columns if "aroma" in c]
+                if aroma:
+                    frames.append(raw[aroma])
+                else:
+                    missing_keywords.append(component)
+        elif component == "scrub":
+            frames.append(_scrub_regressors(raw, kwargs["scrub"], kwargs["fd_threshold"],
+                                            kwargs["std_dvars_threshold"]))
+        else:
+            raise ValueError(f"unknown confound component {component!r}")
+    if missing_params or missing_keywords:
+        raise ValueError(f"The following keywords or parameters are missing: {missing_params} "
+                         f"{missing_keywords}. You may want to try a different denoising strategy.")
+    selected = pd.concat(frames, axis=1)
+    outlier_cols = sorted({c for c in selected.columns if "motion_outlier" in c or "non_steady_state" in c})
+    keep_cols = sorted(set(selected.columns) - set(outlier_cols))
+    sample_mask = None
+    if outlier_cols:
+        outliers = selected.loc[:, outlier_cols].T.drop_duplicates().T
+        sample_mask = np.where(outliers.sum(axis=1).to_numpy() == 0)[0]
+    confounds = selected.loc[:, keep_cols]
+    if confounds.size != 0:
+        first_na = np.isnan(confounds.to_numpy()[0, :])
+        confounds.iloc[0, first_na] = confounds.iloc[1, first_na]
+        if sample_mask is None:  # sklearn.preprocessing.scale(with_std=False)
+            values = np.array(confounds, dtype=np.float64)
+            values -= np.nanmean(values, axis=0)
+            residual = np.nanmean(values, axis=0)
+            if not np.allclose(residual, 0):
+                values -= residual
+            confounds = pd.DataFrame(values, columns=keep_cols)
+        else:
+            confounds = confounds - confounds.iloc[sample_mask, :].mean(axis=0)
+            confounds = pd.DataFrame(confounds, columns=keep_cols)
+    return (None if not strategy else confounds), sample_mask
+
+
+_LOAD_CONFOUNDS_DEFAULTS = {
+    "motion": "full", "scrub": 5, "fd_threshold": 0.5, "std_dvars_threshold": 1.5, "wm_csf": "basic",
+    "global_signal": "basic", "compcor": "anat_combined", "n_compcor": "all", "ica_aroma": "full",
+}
+"""Defaults of nilearn 0.13's ``load_confounds`` arguments."""
+
+
+def _scrub_regressors(raw, scrub: int, fd_threshold: float, std_dvars_threshold: float):
+    """nilearn's ``_load_scrub``: one-hot ``motion_outlier_<k>`` columns of the censored
+    volumes (FD or standardised DVARS above threshold, then segments shorter than ``scrub``
+    volumes and the run's short ends)."""
+    import pandas as pd
+
+    n_scans = len(raw)
+    fd = np.where(raw["framewise_displacement"] > fd_threshold)[0]
+    dvars = np.where(raw["std_dvars"] > std_dvars_threshold)[0]
+    index = np.sort(np.unique(np.concatenate((fd, dvars))))
+    if scrub > 0 and len(index) > 0:
+        index = _optimize_scrub(index, n_scans, scrub)
+    regressors = pd.DataFrame(np.transpose(np.eye(n_scans)[index]).astype(int))
+    regressors.columns = [f"motion_outlier_{k}" for k in range(regressors.shape[1])]
+    return regressors
+
+
+def _optimize_scrub(index: np.ndarray, n_scans: int, scrub: int) -> np.ndarray:
+    """nilearn's ``optimize_scrub``: add segments shorter than ``scrub`` between or around
+    the outliers."""
+    if index[0] < scrub:
+        index = np.asarray(list(range(index[0])) + list(index))
+    if n_scans - (index[-1] + 1) < scrub:
+        index = np.asarray(list(index) + list(range(index[-1], n_scans)))
+    gaps = np.diff(index)
+    for k in np.where(np.logical_and(gaps > 1, gaps < scrub + 1))[0]:
+        index = np.asarray(list(index) + list(range(index[k] + 1, index[k + 1])))
+    return np.sort(np.unique(index))
 
 
 def _check_compcor_sidecar(meta, opts: dict, source) -> None:
@@ -344,7 +470,7 @@ def load_confounds_kwargs(opts: dict) -> dict:
 def check_confounds_columns(columns, meta, opts: dict, source) -> None:
     """Check that a confounds table has every column the denoise strategy selects.
 
-    The same rules as nilearn's ``load_confounds`` (which :func:`select_confounds` then runs),
+    The same rules as nilearn's ``load_confounds`` (which :func:`select_confounds` then applies),
     applied to the column names alone: the preflight (:mod:`msnet.io.preflight`) checks
     thousands of tables from their header line, and importing nilearn's fMRIPrep interface
     costs seconds (it pulls in scikit-learn). Columns msnet fills in itself count as present:
@@ -442,10 +568,9 @@ def _butterworth_sos(tr: float, high_pass, low_pass):
     """Second-order sections of nilearn's Butterworth filter (None: no filtering).
 
     Cut-offs at or above Nyquist are lowered just below it and negative ones raised to
-    ~0, as ``nilearn.signal._check_wn`` does.
+    ~0, as ``nilearn.signal._check_wn`` does. The sections are those of
+    ``scipy.signal.butter(N=5, Wn, btype, output="sos", fs)`` (:func:`_butter_sos`).
     """
-    from scipy import signal as sp_signal
-
     if high_pass is None and low_pass is None:
         return None
     fs = 1.0 / tr
@@ -464,7 +589,206 @@ def _butterworth_sos(tr: float, high_pass, low_pass):
         btype, wn = "band", freqs
     else:
         btype, wn = ("high" if high_pass is not None else "low"), freqs[0]
-    return sp_signal.butter(N=BUTTERWORTH_ORDER, Wn=wn, btype=btype, output="sos", fs=fs)
+    return _butter_sos(BUTTERWORTH_ORDER, wn, btype, fs)
+
+
+# Butterworth design and zero-phase filtering: ports of scipy.signal's butter (second-order
+# sections, "nearest" pairing) and sosfiltfilt (odd padding, steady-state initial
+# conditions), equal to scipy's to rounding (tested). Importing scipy.signal costs a subject
+# job about 0.8 s of CPU (it loads scipy.stats, scipy.optimize, ...) for a few dozen lines of
+# arithmetic on a 5th-order filter.
+
+
+def _butter_sos(order: int, wn, btype: str, fs: float) -> np.ndarray:
+    """``scipy.signal.butter(order, wn, btype, output="sos", fs=fs)`` for a digital filter."""
+    wn = np.atleast_1d(np.asarray(wn, dtype=np.float64)) / (fs / 2)
+    if np.any(wn <= 0) or np.any(wn >= 1) or (wn.size == 2 and not wn[0] < wn[1]):
+        raise ValueError(f"Butterworth critical frequencies must be 0 < Wn < fs/2, got {wn * fs / 2}")
+    m = np.arange(-order + 1, order, 2, dtype=np.float64)
+    zeros, poles, gain = np.zeros(0), -np.exp(1j * np.pi * m / (2 * order)), 1.0  # buttap
+    warped = 2 * 2.0 * np.tan(np.pi * wn / 2.0)  # bilinear pre-warping at fs = 2
+    degree = len(poles) - len(zeros)
+    if btype == "low":
+        zeros, poles, gain = warped[0] * zeros, warped[0] * poles, gain * warped[0] ** degree
+    elif btype == "high":
+        gain = gain * np.real(np.prod(-zeros) / np.prod(-poles))
+        zeros = np.concatenate((warped[0] / zeros, np.zeros(degree)))
+        poles = warped[0] / poles
+    elif btype == "band":
+        bw, wo = warped[1] - warped[0], np.sqrt(warped[0] * warped[1])
+        z_lp = (zeros * bw / 2).astype(np.complex128)
+        p_lp = (poles * bw / 2).astype(np.complex128)
+        zeros = np.concatenate((z_lp + np.sqrt(z_lp**2 - wo**2), z_lp - np.sqrt(z_lp**2 - wo**2),
+                                np.zeros(degree)))
+        poles = np.concatenate((p_lp + np.sqrt(p_lp**2 - wo**2), p_lp - np.sqrt(p_lp**2 - wo**2)))
+        gain = gain * bw**degree
+    else:
+        raise ValueError(f"btype must be low, high or band, got {btype!r}")
+    fs2 = 2.0 * 2.0  # bilinear transform at fs = 2
+    degree = len(poles) - len(zeros)
+    gain = gain * np.real(np.prod(fs2 - zeros) / np.prod(fs2 - poles))
+    zeros = np.concatenate(((fs2 + zeros) / (fs2 - zeros), -np.ones(degree)))
+    poles = (fs2 + poles) / (fs2 - poles)
+    return _zpk2sos_nearest(zeros, poles, gain)
+
+
+def _cplxreal(z):
+    """scipy.signal's ``_cplxreal``: complex roots (one of each conjugate pair), real roots."""
+    z = np.atleast_1d(z)
+    if z.size == 0:
+        return z, z
+    tol = 100 * np.finfo((1.0 * z).dtype).eps
+    z = z[np.lexsort((abs(z.imag), z.real))]
+    real = abs(z.imag) <= tol * abs(z)
+    zr = z[real].real
+    if len(zr) == len(z):
+        return np.array([]), zr
+    z = z[~real]
+    zp, zn = z[z.imag > 0], z[z.imag < 0]
+    if len(zp) != len(zn):
+        raise ValueError("Array contains complex value with no matching conjugate.")
+    same_real = np.diff(zp.real) <= tol * abs(zp[:-1])
+    diffs = np.diff(np.concatenate(([0], same_real, [0])))
+    for start, stop in zip(np.nonzero(diffs > 0)[0], np.nonzero(diffs < 0)[0] + 1):
+        for chunk in (zp[start:stop], zn[start:stop]):
+            chunk[...] = chunk[np.lexsort([abs(chunk.imag)])]
+    if any(abs(zp - zn.conj()) > tol * abs(zn)):
+        raise ValueError("Array contains complex value with no matching conjugate.")
+    return (zp + zn.conj()) / 2, zr
+
+
+def _nearest_idx(fro, to, which):
+    order = np.argsort(np.abs(fro - to))
+    if which == "any":
+        return order[0]
+    mask = np.isreal(fro[order])
+    return order[np.nonzero(mask if which == "real" else ~mask)[0][0]]
+
+
+def _single_sos(z, p):
+    sos = np.zeros(6)
+    b, a = np.poly(z), np.poly(p)
+    sos[3 - len(b):3] = b
+    sos[6 - len(a):6] = a
+    return sos
+
+
+def _zpk2sos_nearest(z, p, k) -> np.ndarray:
+    """scipy.signal's ``zpk2sos(z, p, k, pairing="nearest")`` for a digital filter."""
+    p = np.concatenate((p, np.zeros(max(len(z) - len(p), 0))))
+    z = np.concatenate((z, np.zeros(max(len(p) - len(z), 0))))
+    n_sections = (max(len(p), len(z)) + 1) // 2
+    if len(p) % 2 == 1:
+        p, z = np.concatenate((p, [0.0])), np.concatenate((z, [0.0]))
+    z = np.concatenate(_cplxreal(z))
+    p = np.concatenate(_cplxreal(p))
+    sos = np.zeros((n_sections, 6))
+
+    def idx_worst(values):
+        return np.argmin(np.abs(1 - np.abs(values)))
+
+    for si in range(n_sections - 1, -1, -1):
+        p1_idx = idx_worst(p)
+        p1 = p[p1_idx]
+        p = np.delete(p, p1_idx)
+        if np.isreal(p1) and np.isreal(p).sum() == 0:
+            z1_idx = _nearest_idx(z, p1, "real")
+            z1 = z[z1_idx]
+            z = np.delete(z, z1_idx)
+            sos[si] = _single_sos([z1, 0], [p1, 0])
+        elif (len(p) + 1 == len(z) and not np.isreal(p1) and np.isreal(p).sum() == 1
+              and np.isreal(z).sum() == 1):
+            z1_idx = _nearest_idx(z, p1, "complex")
+            z1 = z[z1_idx]
+            z = np.delete(z, z1_idx)
+            sos[si] = _single_sos([z1, z1.conj()], [p1, p1.conj()])
+        else:
+            if np.isreal(p1):
+                real_idx = np.flatnonzero(np.isreal(p))
+                p2_idx = real_idx[idx_worst(p[real_idx])]
+                p2 = p[p2_idx]
+                p = np.delete(p, p2_idx)
+            else:
+                p2 = p1.conj()
+            if len(z) > 0:
+                z1_idx = _nearest_idx(z, p1, "any")
+                z1 = z[z1_idx]
+                z = np.delete(z, z1_idx)
+                if not np.isreal(z1):
+                    sos[si] = _single_sos([z1, z1.conj()], [p1, p2])
+                elif len(z) > 0:
+                    z2_idx = _nearest_idx(z, p1, "real")
+                    z2 = z[z2_idx]
+                    z = np.delete(z, z2_idx)
+                    sos[si] = _single_sos([z1, z2], [p1, p2])
+                else:
+                    sos[si] = _single_sos([z1], [p1, p2])
+            else:
+                sos[si] = _single_sos([], [p1, p2])
+    sos[0][:3] *= np.real(k)
+    return sos
+
+
+def _sosfilt_zi(sos: np.ndarray) -> np.ndarray:
+    """scipy.signal's ``sosfilt_zi``: steady-state section states for a unit step."""
+    zi = np.empty((sos.shape[0], 2))
+    scale = 1.0
+    for section, (b, a) in enumerate(zip(sos[:, :3], sos[:, 3:])):
+        b, a = b / a[0], a / a[0]
+        companion = np.zeros((2, 2))  # scipy.linalg.companion(a)
+        companion[0] = -a[1:] / a[0]
+        companion[1, 0] = 1.0
+        zi[section] = scale * np.linalg.solve(np.eye(2) - companion.T, b[1:] - a[1:] * b[0])
+        scale *= b.sum() / a.sum()
+    return zi
+
+
+def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> np.ndarray:
+    """Cascade of second-order sections (direct form II transposed) along axis 0 of ``x``.
+
+    ``zi`` is (n_sections, 2, n_columns); the arithmetic per column is scipy's ``_sosfilt``.
+    """
+    zi = zi.copy()
+    y = np.empty_like(x)
+    b0, b1, b2, a1, a2 = (sos[:, k, None] for k in (0, 1, 2, 4, 5))
+    for n in range(x.shape[0]):
+        cur = x[n]
+        for s in range(sos.shape[0]):
+            new = b0[s] * cur + zi[s, 0]
+            zi[s, 0] = b1[s] * cur - a1[s] * new + zi[s, 1]
+            zi[s, 1] = b2[s] * cur - a2[s] * new
+            cur = new
+        y[n] = cur
+    return y
+
+
+def _filtfilt_matrix(sos: np.ndarray, n: int) -> np.ndarray:
+    """``F`` (n x n) with ``F @ x == _sosfiltfilt(sos, x)`` for any (n, k) ``x`` (to rounding).
+
+    Cached: the subjects of a study mostly share TR and run length, and a job processes
+    several of them.
+    """
+    return _filtfilt_matrix_cached(np.ascontiguousarray(sos, dtype=np.float64).tobytes(), sos.shape[0], n)
+
+
+@lru_cache(maxsize=16)
+def _filtfilt_matrix_cached(sos_bytes: bytes, n_sections: int, n: int) -> np.ndarray:
+    out = _sosfiltfilt(np.frombuffer(sos_bytes).reshape(n_sections, 6), np.eye(n))
+    out.flags.writeable = False
+    return out
+
+
+def _sosfiltfilt(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``scipy.signal.sosfiltfilt(sos, x, axis=0)`` (odd padding of :func:`_filter_edge`)."""
+    x = np.asarray(x, dtype=np.float64)
+    edge = _filter_edge(sos)
+    if x.shape[0] <= edge:
+        raise ValueError(f"The length of the input vector x must be greater than padlen, which is {edge}.")
+    ext = np.concatenate((2 * x[:1] - x[edge:0:-1], x, 2 * x[-1:] - x[-2:-(edge + 2):-1]))
+    zi = _sosfilt_zi(sos)[:, :, None]
+    y = _sosfilt(sos, ext, zi * ext[0])
+    y = _sosfilt(sos, y[::-1], zi * y[-1])
+    return y[::-1][edge:-edge]
 
 
 def _filter_edge(sos) -> int:
@@ -522,7 +846,6 @@ def cleaning_operator(
     """
     from scipy import linalg
     from scipy.interpolate import CubicSpline
-    from scipy.signal import sosfiltfilt
 
     sample_mask = np.asarray(sample_mask, dtype=int)
     if sample_mask.size == 0:
@@ -561,8 +884,9 @@ def cleaning_operator(
         signals = _detrend(signals)
         conf = None if conf is None else _detrend(conf)
     if sos is not None:
-        signals = sosfiltfilt(sos, signals, axis=0)[keep_after]
-        conf = None if conf is None else sosfiltfilt(sos, conf, axis=0)[keep_after]
+        filt = _filtfilt_matrix(sos, signals.shape[0])  # sosfiltfilt is linear: F @ x
+        signals = (filt @ signals)[keep_after]
+        conf = None if conf is None else (filt @ conf)[keep_after]
     if conf is not None:
         if standardize_confounds:
             conf = conf - conf.mean(axis=0)

@@ -496,3 +496,146 @@ def test_constant_bold_is_excluded_as_no_signal(tmp_path, value):
     assert result.data is None and result.qc["include"] is False
     assert result.qc["exclusion_reason"].startswith("no signal")
     assert result.qc["pct_flat_voxels"] == 100.0
+
+
+# ------------------------- ports: confound selection (nilearn), Butterworth filter (scipy)
+
+
+def _rich_confounds(tmp_path, n=90, seed=5):
+    """A table with everything nilearn's strategies select, written as fMRIPrep names it."""
+    rng = np.random.default_rng(seed)
+    table = confounds_table(rng, n, fd_spikes=(2, 40, 44, 86), dvars_spikes=(60,), n_dummy=2)
+    table["non_steady_state_outlier_01"] = (np.arange(n) == 1).astype(int)
+    meta = {}
+    for k, mask in enumerate(["combined", "combined", "WM", "WM", "CSF", "combined", "CSF"]):
+        table[f"a_comp_cor_{k:02d}"] = rng.normal(size=n)
+        meta[f"a_comp_cor_{k:02d}"] = {"Method": "aCompCor", "Mask": mask}
+    for k in range(3):
+        table[f"t_comp_cor_{k:02d}"] = rng.normal(size=n)
+        meta[f"t_comp_cor_{k:02d}"] = {"Method": "tCompCor"}
+        table[f"aroma_motion_{k:02d}"] = rng.normal(size=n)
+    func = tmp_path / "sub-01" / "func"
+    func.mkdir(parents=True)
+    tsv = func / "sub-01_task-rest_desc-confounds_timeseries.tsv"
+    table.to_csv(tsv, sep="\t", index=False, na_rep="n/a")
+    tsv.with_suffix(".json").write_text(json.dumps(meta))
+    return tsv, func / f"sub-01_task-rest_space-{SPACE}_desc-"
+
+
+CUSTOM_SELECTIONS = {
+    "default": {},
+    "full_expansions": {"global_signal": "full", "wm_csf": "full"},
+    "derivatives_power2": {"motion": "derivatives", "wm_csf": "power2", "global_signal": "derivatives"},
+    "basic_no_wm": {"motion": "basic", "wm_csf": None, "global_signal": "power2"},
+    "no_scrub": {"scrub": None},
+    "scrub_0": {"scrub": 0},
+    "scrub_8_strict": {"scrub": 8, "fd_threshold": 0.2, "std_dvars_threshold": 1.2},
+    "acompcor": {"compcor": "anat_combined"},
+    "acompcor_2": {"compcor": "anat_combined", "n_compcor": 2},
+    "acompcor_separated_1": {"compcor": "anat_separated", "n_compcor": 1},
+    "tcompcor": {"compcor": "temporal"},
+    "temporal_anat_separated": {"compcor": "temporal_anat_separated", "n_compcor": 2},
+    "nothing": {"motion": None, "wm_csf": None, "scrub": None},
+}
+
+
+@pytest.mark.parametrize("name", list(CUSTOM_SELECTIONS) + ["preset-" + p for p in
+                                                            ("simple", "scrubbing", "compcor", "ica_aroma")])
+def test_confound_selection_equals_nilearns_load_confounds(tmp_path, name):
+    from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
+
+    from msnet.denoise import load_confounds_kwargs, nilearn_load_confounds
+    from msnet.io.fmriprep import read_confounds
+
+    tsv, stem = _rich_confounds(tmp_path)
+    preset = name.removeprefix("preset-") if name.startswith("preset-") else None
+    opts = resolve_options({"strategy": preset} if preset else CUSTOM_SELECTIONS[name])
+    kwargs = load_confounds_kwargs(opts)
+    img = f"{stem}{'smoothAROMAnonaggr' if preset == 'ica_aroma' else 'preproc'}_bold.nii.gz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if preset:
+            ref, ref_mask = load_confounds_strategy(img, denoise_strategy=preset)
+        else:
+            ref, ref_mask = load_confounds(img, **kwargs)
+    table, meta = read_confounds(tsv)
+    ours, mask = nilearn_load_confounds(table, meta, kwargs)
+    assert (mask is None) == (ref_mask is None)
+    if mask is not None:
+        np.testing.assert_array_equal(mask, ref_mask)
+    assert (ours is None) == (ref is None)
+    if ref is not None:
+        assert list(ours.columns) == list(ref.columns)
+        np.testing.assert_allclose(ours.to_numpy(), ref.to_numpy(), rtol=1e-13, atol=1e-13)
+
+
+def test_butterworth_sections_and_filtering_equal_scipys():
+    from scipy import signal
+
+    from msnet.denoise import _butter_sos, _filter_edge, _filtfilt_matrix, _sosfiltfilt
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(140, 5)).cumsum(axis=0)
+    for fs in (1 / 0.72, 0.5, 1 / 3.0):
+        for wn, btype in (([0.01, 0.08], "band"), (0.01, "high"), (0.08, "low"), ([0.001, 0.95 * fs / 2], "band")):
+            ref = signal.butter(N=5, Wn=wn, btype=btype, output="sos", fs=fs)
+            ours = _butter_sos(5, wn, btype, fs)
+            np.testing.assert_array_equal(ours, ref)
+            assert x.shape[0] > _filter_edge(ref)
+            expected = signal.sosfiltfilt(ref, x, axis=0)
+            np.testing.assert_array_equal(_sosfiltfilt(ours, x), expected)
+            np.testing.assert_allclose(_filtfilt_matrix(ours, len(x)) @ x, expected, rtol=0,
+                                       atol=1e-12 * np.abs(expected).max())
+
+
+def test_subject_stage_does_not_import_sklearn_nilearn_interfaces_or_scipy_signal(tmp_path):
+    """Each of these costs a subject job a second of start-up (see msnet.denoise)."""
+    import subprocess
+    import sys
+
+    write_subject(tmp_path, fd_spikes=(20, 59), dvars_spikes=(40,))
+    code = (
+        "import sys; from msnet.connectivity import compute_subject_connectivity; "
+        f"from msnet.io.plan import subject_outputs; root = {str(tmp_path)!r}; "
+        "compute_subject_connectivity(root, 'sub-01', subject_outputs(root + '/out', 'S', '01'), "
+        f"space={SPACE!r}, qc_options={NO_QC!r}); "
+        "print(sorted(m for m in ('sklearn', 'nilearn.interfaces', 'scipy.signal', 'scipy.stats') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("drop", [["rot_z"], ["csf", "csf_derivative1", "csf_power2", "csf_derivative1_power2"],
+                                  ["global_signal_power2"], [f"a_comp_cor_{k:02d}" for k in range(7)],
+                                  ["aroma_motion_00", "aroma_motion_01", "aroma_motion_02"], "no-mask"],
+                         ids=["motion-partial", "no-csf", "global-partial", "no-acompcor", "no-aroma", "no-mask"])
+@pytest.mark.parametrize("selection", [{}, {"global_signal": "full"}, {"compcor": "anat_separated"},
+                                       {"compcor": "temporal_anat_combined", "n_compcor": 2}],
+                         ids=["default", "global", "acompcor", "t-a-compcor"])
+def test_confound_selection_refuses_what_nilearn_refuses(tmp_path, drop, selection):
+    from nilearn.interfaces.fmriprep import load_confounds
+
+    from msnet.denoise import load_confounds_kwargs, nilearn_load_confounds
+    from msnet.io.fmriprep import read_confounds
+
+    tsv, stem = _rich_confounds(tmp_path)
+    table, meta = read_confounds(tsv)
+    if drop == "no-mask":
+        del meta["a_comp_cor_03"]["Mask"]
+    else:
+        table = table.drop(columns=drop)
+    table.to_csv(tsv, sep="\t", index=False, na_rep="n/a")
+    tsv.with_suffix(".json").write_text(json.dumps(meta))
+    kwargs = load_confounds_kwargs(resolve_options(selection))
+    outcomes = []
+    for run in (lambda: load_confounds(f"{stem}preproc_bold.nii.gz", **kwargs),
+                lambda: nilearn_load_confounds(table, meta, kwargs)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                run()
+            outcomes.append(None)
+        except (KeyError, ValueError) as exc:
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]
