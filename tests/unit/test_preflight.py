@@ -488,3 +488,24 @@ def test_lesion_mask_header_is_checked(tmp_path):
                     .replace("sex\n", "sex\tlesion_mask\n").replace("\tF\n", "\tF\tn/a\n"))
     with pytest.raises(MsnetInputError, match="Lesion mask .*lesion.nii.gz .*not on the BOLD grid"):
         build_plan(config_for(studies))
+
+
+def test_an_unforeseen_failure_names_the_subject_and_the_others_are_still_checked(tmp_path,
+                                                                                  monkeypatch):
+    studies = write_study(tmp_path, n_subjects=3)
+    func, pid = func_of(tmp_path, 2)
+    next(func.glob("*_bold.json")).write_text('{"RepetitionTime": 9}')
+    real = fmriprep.check_complete
+
+    def flaky(path, img):
+        if "sub-0x000" in str(path):
+            raise RuntimeError("something nobody foresaw")
+        return real(path, img)
+
+    monkeypatch.setattr(fmriprep, "check_complete", flaky)
+    with pytest.raises(MsnetInputErrors) as info:
+        build_plan(config_for(studies))
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert "sub-0x000" in problems[0] and "something nobody foresaw" in problems[0]
+    assert "Contradictory" in problems[1] and pid in problems[1]

@@ -154,7 +154,15 @@ def check_subjects(subjects, denoise_options=None, cache=None,
 
     def one(i):
         files, lesion = subjects[i]
-        return check_subject(files, lesion, denoise_options)
+        try:
+            return check_subject(files, lesion, denoise_options)
+        except MsnetInputError:
+            raise
+        except Exception as exc:  # a file no check foresaw: name it, keep checking the others
+            return [f"{files.participant_id}: its files ({files.runs[0].bold.parent}) could not "
+                    f"be checked ({type(exc).__name__}: {exc}). Check them by hand (re-copy "
+                    "from the fMRIPrep output), and please report this file to the msnet "
+                    "maintainers."]
 
     results = dict.fromkeys(range(len(subjects)), [])
     if todo:
