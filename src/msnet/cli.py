@@ -20,15 +20,31 @@ from msnet.errors import MsnetInputError
 
 
 def _cmd_validate(args) -> int:
-    from msnet.config import load_config
+    """Check the config, the tables and the files in one pass and list every problem found:
+    the config's (all keys at once), then, with the bad keys at their defaults, the results
+    folder, studies.tsv, every participants.tsv and every subject's file headers."""
+    from msnet.config import config_problems, read_config_file
+    from msnet.errors import MsnetInputErrors
     from msnet.io.atomic import check_writable, nearest_existing
     from msnet.io.plan import build_plan
 
-    config = load_config(args.config)
-    check_writable([nearest_existing(config["results_dir"])],
-                   f"results folder (results_dir: {config['results_dir']}) or its parent")
-    start = time.perf_counter()
-    plan = build_plan(config)
+    config, problems = config_problems(read_config_file(args.config), str(args.config))
+    plan, start = None, time.perf_counter()
+    if config is not None:
+        try:
+            check_writable([nearest_existing(config["results_dir"])],
+                           f"results folder (results_dir: {config['results_dir']}) or its "
+                           "parent")
+        except MsnetInputError as exc:
+            problems.append(exc)
+        data = config["data"]
+        if data["mode"] != "fmriprep" or data["studies_tsv"]:
+            try:
+                plan = build_plan(config)
+            except MsnetInputError as exc:
+                problems.append(exc)
+    if problems:
+        raise MsnetInputErrors(problems, f"{args.config} and the inputs it names")
     groups = plan.subjects.groupby("group").size()
     checked = (f" Tables and the file headers of {len(plan.subjects)} subjects checked in "
                f"{time.perf_counter() - start:.1f} s."

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from msnet.errors import MsnetInputError
+from msnet.errors import MsnetInputError, MsnetInputErrors
 
 SCHEMA_DIR = resources.files("msnet") / "schemas"
 
@@ -96,35 +96,94 @@ def validate_config(config: dict, source: str = "config") -> dict:
     Raises
     ------
     MsnetInputError
-        On the first problem found, naming the key, the value and what is allowed.
+        Listing every problem found (:func:`config_problems`), each naming the key, the
+        value and what is allowed (:class:`~msnet.errors.MsnetInputErrors` when several).
+    """
+    config, problems = config_problems(config, source)
+    if problems:
+        raise MsnetInputErrors(problems, source)
+    return config
+
+
+def config_problems(config: dict, source: str = "config") -> tuple[dict | None, list]:
+    """Every problem of a configuration, found in one pass.
+
+    Parameters
+    ----------
+    config : dict
+        The parsed configuration.
+    source : str
+        Name used in the messages.
+
+    Returns
+    -------
+    config : dict or None
+        The configuration with defaults filled; when some keys broke the schema, the one
+        with those keys replaced by their defaults (so the input tables can still be checked
+        in the same pass), or None when even that does not validate.
+    problems : list of str
+        Every schema violation (key, value, what is allowed) and every cross-key problem.
     """
     import jsonschema
 
     schema = load_schema("config")
-    config = _fill_defaults(schema, copy.deepcopy(config or {}))
     validator = jsonschema.Draft7Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    filled = _fill_defaults(schema, copy.deepcopy(config or {}))
+    errors = sorted(validator.iter_errors(filled),
+                    key=lambda e: [str(k) for k in e.absolute_path])
+    problems = [_describe(e, source) for e in errors]
     if errors:
-        raise MsnetInputError(_describe(errors[0], source))
-    _check_cross_keys(config, source)
-    return config
+        raw = copy.deepcopy(config or {})
+        for error in errors:
+            _drop_bad_value(raw, error)
+        filled = _fill_defaults(schema, raw) if isinstance(raw, dict) else None
+        if filled is None or next(validator.iter_errors(filled), None) is not None:
+            return None, problems
+    try:
+        problems += _cross_key_problems(filled, source)
+    except (TypeError, KeyError, AttributeError):  # a key the schema let through oddly
+        pass
+    return filled, problems
 
 
-def _check_cross_keys(config: dict, source: str) -> None:
-    """Checks that involve several keys at once."""
+def _drop_bad_value(raw: dict, error) -> None:
+    """Remove what a schema ``error`` points at from ``raw`` (its default then fills in): the
+    value at the error's key (a whole list for a bad list item) or the unknown keys."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        node = raw
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            allowed = set(_resolve(error.schema, load_schema("config")).get("properties", {}))
+            for key in [k for k in node if k not in allowed]:
+                del node[key]
+        return
+    while path and not isinstance(path[-1], str):
+        path.pop()
+    node = raw
+    for key in path[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+    if path and isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def _cross_key_problems(config: dict, source: str) -> list:
+    """Checks that involve several keys at once; one message per problem."""
+    problems = []
     if not str(config["results_dir"]).strip():
-        raise MsnetInputError(
+        problems.append(
             f"{source}: results_dir is empty; outputs would be written at the filesystem root. "
             "Set results_dir to a folder, e.g. results_dir: results."
         )
     data = config["data"]
     if data["mode"] == "fmriprep" and not data["studies_tsv"]:
-        raise MsnetInputError(
+        problems.append(
             f"{source}: data.mode is 'fmriprep' but data.studies_tsv is not set. "
             "Point data.studies_tsv at your studies.tsv (see README, 'Real data')."
         )
     if data["mode"] == "simulate" and data["studies_tsv"]:
-        raise MsnetInputError(
+        problems.append(
             f"{source}: data.studies_tsv is set ({data['studies_tsv']}) but data.mode is "
             "'simulate', which runs the synthetic demo and ignores studies_tsv. To analyse "
             "your studies set data.mode: fmriprep; to run the demo remove data.studies_tsv "
@@ -134,7 +193,7 @@ def _check_cross_keys(config: dict, source: str) -> None:
     extra = [v for v in clinical.get("voxelwise_variables", [])
              if v not in clinical.get("variables", [])]
     if extra:
-        raise MsnetInputError(
+        problems.append(
             f"{source}: clinical.voxelwise_variables {extra} are not in clinical.variables "
             f"{clinical.get('variables', [])}; a voxelwise variable must also be modelled at "
             "network level. Add them to clinical.variables or remove them from "
@@ -143,9 +202,17 @@ def _check_cross_keys(config: dict, source: str) -> None:
     denoise = config.get("denoise", {})
     low, high = denoise.get("low_pass"), denoise.get("high_pass")
     if low is not None and high is not None and low <= high:
-        raise MsnetInputError(
+        problems.append(
             f"{source}: denoise.low_pass ({low} Hz) must be above denoise.high_pass ({high} Hz)."
         )
+    return problems
+
+
+def _check_cross_keys(config: dict, source: str) -> None:
+    """Raise the problems of :func:`_cross_key_problems` together."""
+    problems = _cross_key_problems(config, source)
+    if problems:
+        raise MsnetInputErrors(problems, source)
 
 
 def load_config(path) -> dict:

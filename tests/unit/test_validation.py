@@ -340,3 +340,29 @@ def test_cli_plan_prints_a_table(capsys):
     assert lines[2].split()[0] == "S01" and lines[-1].split()[0] == "total"
     total = [int(x) for x in lines[-1].split()[1:]]
     assert total[0] + total[1] == total[2] and "{" not in "".join(lines)
+
+
+def test_cli_validate_reports_every_problem_at_once(tmp_path, capsys):
+    """Config keys, table cells and the other tables' problems: all in one message."""
+    bad = PARTICIPANTS.replace("sub-01\tMS\t35", "sub-01\tpatient\t35").replace(
+        "sub-02\tMS\t41\tM\t10\t4.0", "sub-02\tMS\told\tM\t10\t12").replace(
+        "sub-03\tHC\t37\tF\tn/a", "sub-03\tHC\t37\tF\t3")
+    _real_data_config(tmp_path, participants=bad)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "results_dir": str(tmp_path / "results"),
+        "data": {"mode": "fmriprep", "studies_tsv": str(tmp_path / "studies.tsv")},
+        "simulate": {"tr": -1}, "meta": {"alpha": 2, "method": "XX"},
+        "denoise": {"low_pass": 0.01, "high_pass": 0.05}}))
+    assert main(["validate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    for needle in ("simulate.tr", "meta.alpha", "meta.method", "low_pass",  # config, all keys
+                   "row 1 (participant_id sub-01): column 'group' = 'patient'",
+                   "row 2 (participant_id sub-02): column 'age' = 'old' is not a number",
+                   "row 2 (participant_id sub-02): column 'edss' = 12.0",
+                   "row 3 (participant_id sub-03): 'disease_duration' is given for a healthy"):
+        assert needle in err, (needle, err)
+    assert "8 input problems" in err and "Traceback" not in err
+    with pytest.raises(MsnetInputError) as info:  # the workflow's check lists them all too
+        load_config(config)
+    assert all(k in str(info.value) for k in ("simulate.tr", "meta.alpha", "low_pass"))

@@ -1,8 +1,9 @@
 """Read and validate ``studies.tsv`` and BIDS ``participants.tsv`` tables.
 
-Every problem is reported as one :class:`~msnet.errors.MsnetInputError` naming the file,
-the row (data rows numbered from 1, the header not counted), the column, the bad value and
-what is allowed. The column rules live in the packaged JSON schemas
+Every problem of a table is reported, all together (one
+:class:`~msnet.errors.MsnetInputErrors`, one line per problem), each naming the file, the row
+(data rows numbered from 1, the header not counted), the column, the bad value and what is
+allowed. The column rules live in the packaged JSON schemas
 (``msnet/schemas/{participants,studies}.schema.yaml``), the same files the workflow exposes
 under ``workflow/schemas/``.
 """
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from msnet.config import load_schema
-from msnet.errors import MsnetInputError
+from msnet.errors import MsnetInputError, MsnetInputErrors
 
 NA_VALUES = ["n/a", "N/A", "NA", "nan", "NaN", ""]
 CLINICAL_COLUMNS = ("disease_duration", "edss", "t2lv", "phenotype")
@@ -58,16 +59,17 @@ def read_tsv(path, what: str) -> pd.DataFrame:
     return table
 
 
-def _coerce(table: pd.DataFrame, schema: dict, path: Path) -> pd.DataFrame:
-    """Convert numeric columns declared in the schema, naming the first non-number found."""
+def _coerce(table: pd.DataFrame, schema: dict, path: Path, problems: list) -> pd.DataFrame:
+    """Convert numeric columns declared in the schema; every non-number found is added to
+    ``problems`` (and becomes NaN, so the other checks still run)."""
     for col, spec in schema["properties"].items():
         if col not in table.columns or spec.get("type") != "number":
             continue
         values = pd.to_numeric(table[col], errors="coerce")
         bad = values.isna() & table[col].notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise MsnetInputError(
+        for row in np.flatnonzero(bad.to_numpy()):
+            table.attrs.setdefault("not_numbers", set()).add((int(row), col))
+            problems.append(
                 f"{path}, row {row + 1} ({_row_id(table, row)}): column '{col}' = "
                 f"{table[col].iloc[row]!r} is not a number. Use a number or n/a."
             )
@@ -82,35 +84,48 @@ def _row_id(table: pd.DataFrame, row: int) -> str:
     return "no id"
 
 
-def _validate_rows(table: pd.DataFrame, schema: dict, path: Path) -> None:
-    """Validate each row against the JSON schema; raise on the first bad cell."""
+def _validate_rows(table: pd.DataFrame, schema: dict, path: Path, problems: list) -> bool:
+    """Validate each row against the JSON schema, adding every bad cell to ``problems``.
+
+    Returns False when required columns are missing (then no row is checked).
+    """
     import jsonschema
 
     missing = [c for c in schema.get("required", []) if c not in table.columns]
     if missing:
-        raise MsnetInputError(
+        problems.append(
             f"{path}: required column(s) {', '.join(missing)} missing. "
             f"Required: {', '.join(schema['required'])}; found: {', '.join(table.columns)}."
         )
+        return False
     validator = jsonschema.Draft7Validator(schema)
     for row, record in enumerate(table.to_dict("records")):
         clean = {k: v for k, v in record.items() if not (isinstance(v, float) and np.isnan(v))
                  and v is not None}
-        for col in schema.get("required", []):
-            if col not in clean:
-                raise MsnetInputError(
-                    f"{path}, row {row + 1} ({_row_id(table, row)}): required column '{col}' "
-                    "is empty. Fill it in."
-                )
-        error = next(iter(sorted(validator.iter_errors(clean), key=lambda e: e.path)), None)
-        if error is not None:
+        reported = table.attrs.get("not_numbers", set())  # by _coerce: not empty cells
+        empty = [col for col in schema.get("required", [])
+                 if col not in clean and (row, col) not in reported]
+        for col in empty:
+            problems.append(
+                f"{path}, row {row + 1} ({_row_id(table, row)}): required column '{col}' "
+                "is empty. Fill it in."
+            )
+        for error in sorted(validator.iter_errors(clean), key=lambda e: [str(k) for k in e.path]):
             col = error.path[0] if error.path else "?"
+            if not error.path and error.validator == "required":
+                continue  # an empty required cell, reported above
             spec = schema["properties"].get(col, {})
-            raise MsnetInputError(
+            problems.append(
                 f"{path}, row {row + 1} ({_row_id(table, row)}): column '{col}' = "
                 f"{error.instance!r} is not allowed ({error.message}). "
                 f"{spec.get('description', '')}"
             )
+    return True
+
+
+def _raise(problems: list, path) -> None:
+    if problems:
+        raise MsnetInputErrors(problems, str(path))
 
 
 def read_participants(path, study_id: str | None = None) -> pd.DataFrame:
@@ -134,31 +149,33 @@ def read_participants(path, study_id: str | None = None) -> pd.DataFrame:
     """
     path = Path(path)
     schema = load_schema("participants")
-    table = _coerce(read_tsv(path, "participants table"), schema, path)
-    _validate_rows(table, schema, path)
+    problems = []
+    table = _coerce(read_tsv(path, "participants table"), schema, path, problems)
+    if not _validate_rows(table, schema, path, problems):
+        _raise(problems, path)
     dup = table["participant_id"].duplicated(keep=False)
     if dup.any():
         ids = sorted(set(table.loc[dup, "participant_id"]))
         rows = [int(i) + 1 for i in np.flatnonzero(dup.to_numpy())]
-        raise MsnetInputError(f"{path}: duplicate participant_id {', '.join(ids)} (rows {rows}). "
-                              "Each participant must appear once.")
+        problems.append(f"{path}: duplicate participant_id {', '.join(ids)} (rows {rows}). "
+                        "Each participant must appear once.")
     for col in CLINICAL_COLUMNS:
         if col in table.columns:
             hc_with = (table["group"] == "HC") & table[col].notna()
-            if hc_with.any():
-                row = int(np.flatnonzero(hc_with.to_numpy())[0])
-                raise MsnetInputError(
+            for row in np.flatnonzero(hc_with.to_numpy()):
+                problems.append(
                     f"{path}, row {row + 1} ({_row_id(table, row)}): '{col}' is given for a "
                     "healthy control. Clinical variables are for MS only; write n/a."
                 )
     label = f"study {study_id} ({path})" if study_id else str(path)
     for group, name in (("HC", "healthy control"), ("MS", "MS")):
         if not (table["group"] == group).any():
-            raise MsnetInputError(
+            problems.append(
                 f"{label}: no {name} participants (group {group}). Every study needs both MS "
                 "and HC participants for the MS-vs-HC comparison; remove the study from "
                 "studies.tsv or fix the group column."
             )
+    _raise(problems, path)
     return table
 
 
@@ -174,11 +191,15 @@ def read_studies(path) -> pd.DataFrame:
     path = Path(path)
     schema = load_schema("studies")
     table = read_tsv(path, "studies table")
-    _validate_rows(table, schema, path)
+    problems = []
+    if not _validate_rows(table, schema, path, problems):
+        _raise(problems, path)
     dup = table["study_id"].duplicated(keep=False)
     if dup.any():
-        raise MsnetInputError(f"{path}: duplicate study_id "
-                              f"{', '.join(sorted(set(table.loc[dup, 'study_id'])))}.")
+        problems.append(f"{path}: duplicate study_id "
+                        f"{', '.join(sorted(set(table.loc[dup, 'study_id'])))}.")
+    if problems:  # rows with a bad cell: the paths below may not even be strings
+        _raise(problems, path)
     for col in ("task", "space"):
         default = schema["properties"][col]["default"]
         table[col] = table[col].fillna(default) if col in table else default
@@ -189,8 +210,9 @@ def read_studies(path) -> pd.DataFrame:
         table[col] = [str((path.parent / p).resolve()) for p in table[col]]
     for row, fdir in enumerate(table["fmriprep_dir"]):
         if not Path(fdir).is_dir():
-            raise MsnetInputError(
+            problems.append(
                 f"{path}, row {row + 1} (study_id {table['study_id'].iloc[row]}): fmriprep_dir "
                 f"{fdir} is not a folder. Point it at the study's fMRIPrep derivatives."
             )
+    _raise(problems, path)
     return table
