@@ -290,6 +290,32 @@ def test_tfce_matches_nilearn():
     assert (mine > 0).any() and (mine < 0).any()
 
 
+def test_observed_t_tfce_and_cluster_mass_equal_nilearn_permuted_ols():
+    """The observed maps of permuted_glm are nilearn permuted_ols's (t, TFCE, cluster mass
+    and size at the same cluster-forming p), through nilearn's public function."""
+    from nilearn.maskers import NiftiMasker
+    from nilearn.mass_univariate import permuted_ols
+
+    rng = np.random.default_rng(15)
+    shape, n = (8, 7, 6), 36
+    mask = np.ones(shape, bool)
+    mask[0] = False
+    X = _design(rng, n)
+    Y = _smooth_noise(rng, n, shape, 1.0)[:, mask.ravel()]
+    Y[:, :40] += 0.9 * X[:, [1]]
+    masker = NiftiMasker(nib.Nifti1Image(mask.astype(np.uint8), AFFINE)).fit()
+    res = st.permuted_glm(Y, X[:, 1], X[:, [0, 2, 3]], n_perm=5, seed=0, mask=mask,
+                          cluster_forming_p=0.05, tfce=True)
+    ref = permuted_ols(X[:, [1]], Y, confounding_vars=X[:, [2, 3]], n_perm=5, random_state=0,
+                       masker=masker, threshold=0.05, tfce=True, verbose=0)
+    np.testing.assert_allclose(res.t, ref["t"][0], rtol=1e-10)
+    np.testing.assert_allclose(res.tfce, ref["tfce"][0], rtol=1e-10)
+    c = res.clusters
+    assert c.sizes.size > 1
+    np.testing.assert_array_equal(np.r_[0, c.sizes][c.labels], ref["size"][0])
+    np.testing.assert_allclose(np.r_[0.0, c.masses][c.labels], ref["mass"][0], rtol=1e-10)
+
+
 def test_block_permutations_stay_within_blocks():
     blocks = np.array(list("aabbbcacb"))
     perms = st.draw_permutations(np.random.default_rng(0), 200, len(blocks), blocks)
@@ -336,6 +362,7 @@ def test_planted_blobs_found_with_sign_peak_and_label():
         assert np.abs(peak_ijk - center).max() <= 1
         assert np.sign(top.peak_t) == (1 if direction == "MS>HC" else -1)
         assert top.cluster_p_fwe < 0.05 and top.peak_p_fwe < 0.05
+        assert res.clusters.p_fwe_mass[top.cluster_id - 1] < 0.05
         assert top.size_mm3 == top.size_vox * 64
     assert sig[sig.direction == "MS>HC"].iloc[0].label == "Right Angular Gyrus"
     assert table.label.map(lambda s: isinstance(s, str) and len(s) > 0).all()
