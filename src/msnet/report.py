@@ -1285,8 +1285,9 @@ class _Report:
                     plot_glass_brain(entry[stat], _logp_path(entry), self.stem(kind, net),
                                      f"{net} {label.lower()} ({stat})", alpha, net, stat),
                     f"{label}, {net}: MS vs HC {stat} map at voxel-level FWE p < {alpha:g} "
-                    "(red: MS > HC, blue: MS < HC); triangles mark the published findings "
-                    "(up: published increase, down: decrease)."))
+                    "(red: MS > HC, blue: MS < HC); triangles mark msnet's representative "
+                    "coordinates of the published regions (up: published increase, down: "
+                    "decrease)."))
             parts.append("</div>")
             parts.append(self._clusters(net))
         return "".join(parts)
