@@ -762,6 +762,54 @@ def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> np.ndarray:
     return y
 
 
+def _cubic_spline(knots: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``scipy.interpolate.CubicSpline(knots, values)(at)`` (not-a-knot ends) inside the knots.
+
+    A port of scipy's construction (slopes from its banded system, Hermite coefficients,
+    power-sum evaluation), equal to rounding (tested); importing scipy.interpolate costs a
+    subject job about 0.3 s of CPU (it loads scipy.optimize).
+    """
+    from scipy.linalg import solve, solve_banded
+
+    x = np.asarray(knots, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64).reshape(len(x), -1)
+    n = len(x)
+    dx = np.diff(x)
+    dxr = dx[:, None]
+    slope = np.diff(y, axis=0) / dxr
+    if n == 2:
+        s = np.vstack([slope[0], slope[0]])
+    elif n == 3:
+        a = np.array([[1.0, 1.0, 0.0], [dx[1], 2 * (dx[0] + dx[1]), dx[0]], [0.0, 1.0, 1.0]])
+        b = np.stack([2 * slope[0], 3 * (dxr[0] * slope[1] + dxr[1] * slope[0]), 2 * slope[1]])
+        s = solve(a, b, overwrite_a=True, overwrite_b=True, check_finite=False)
+    else:
+        a = np.zeros((3, n))
+        b = np.empty((n, y.shape[1]))
+        a[1, 1:-1] = 2 * (dx[:-1] + dx[1:])
+        a[0, 2:] = dx[:-1]
+        a[-1, :-2] = dx[1:]
+        b[1:-1] = 3 * (dxr[1:] * slope[:-1] + dxr[:-1] * slope[1:])
+        a[1, 0], a[0, 1] = dx[1], x[2] - x[0]
+        d = x[2] - x[0]
+        b[0] = ((dxr[0] + 2 * d) * dxr[1] * slope[0] + dxr[0] ** 2 * slope[1]) / d
+        a[1, -1], a[-1, -2] = dx[-2], x[-1] - x[-3]
+        d = x[-1] - x[-3]
+        b[-1] = (dxr[-1] ** 2 * slope[-2] + (2 * d + dxr[-1]) * dxr[-2] * slope[-1]) / d
+        s = solve_banded((1, 1), a, b, overwrite_ab=True, overwrite_b=True, check_finite=False)
+    t = (s[:-1] + s[1:] - 2 * slope) / dxr
+    coef = (t / dxr, (slope - s[:-1]) / dxr - t, s[:-1], y[:-1])  # highest power first
+    at = np.asarray(at, dtype=np.float64)
+    i = np.clip(np.searchsorted(x, at, side="right") - 1, 0, n - 2)
+    h = (at - x[i])[:, None]
+    out, z = np.zeros((len(at), y.shape[1])), np.ones_like(h)
+    for k in range(3, -1, -1):  # scipy's PPoly evaluation: sum of c_k * h**power
+        out = out + coef[k][i] * z
+        if k:
+            z = z * h
+    return out.reshape((len(at),) + np.shape(values)[1:])
+
+
 def _filtfilt_matrix(sos: np.ndarray, n: int) -> np.ndarray:
     """``F`` (n x n) with ``F @ x == _sosfiltfilt(sos, x)`` for any (n, k) ``x`` (to rounding).
 
@@ -845,7 +893,6 @@ def cleaning_operator(
         No volume kept, fewer volumes than the filter needs, or no degrees of freedom left.
     """
     from scipy import linalg
-    from scipy.interpolate import CubicSpline
 
     sample_mask = np.asarray(sample_mask, dtype=int)
     if sample_mask.size == 0:
@@ -874,7 +921,7 @@ def cleaning_operator(
         def interpolate(x):
             x = x[first:last].copy()
             if gaps.any():
-                x[gaps] = CubicSpline(times[kept], x[kept[first:last]])(times[first:last][gaps])
+                x[gaps] = _cubic_spline(times[kept], x[kept[first:last]], times[first:last][gaps])
             return x
 
         signals = interpolate(signals)

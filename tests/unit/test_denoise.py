@@ -588,6 +588,19 @@ def test_butterworth_sections_and_filtering_equal_scipys():
                                        atol=1e-12 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("n_knots", [2, 3, 4, 7, 120])
+def test_cubic_spline_equals_scipys(n_knots):
+    from msnet.denoise import _cubic_spline
+
+    rng = np.random.default_rng(n_knots)
+    for _ in range(5):
+        knots = np.sort(rng.choice(np.arange(0, 2.0 * (n_knots + 30), 2.0), n_knots, replace=False))
+        values = rng.normal(size=(n_knots, 6)).cumsum(axis=0)
+        at = rng.uniform(knots[0], knots[-1], 9)
+        np.testing.assert_allclose(_cubic_spline(knots, values, at), CubicSpline(knots, values)(at),
+                                   rtol=1e-13, atol=1e-13)
+
+
 def test_subject_stage_does_not_import_sklearn_nilearn_interfaces_or_scipy_signal(tmp_path):
     """Each of these costs a subject job a second of start-up (see msnet.denoise)."""
     import subprocess
@@ -599,7 +612,8 @@ def test_subject_stage_does_not_import_sklearn_nilearn_interfaces_or_scipy_signa
         f"from msnet.io.plan import subject_outputs; root = {str(tmp_path)!r}; "
         "compute_subject_connectivity(root, 'sub-01', subject_outputs(root + '/out', 'S', '01'), "
         f"space={SPACE!r}, qc_options={NO_QC!r}); "
-        "print(sorted(m for m in ('sklearn', 'nilearn.interfaces', 'scipy.signal', 'scipy.stats') "
+        "print(sorted(m for m in ('sklearn', 'nilearn.interfaces', 'scipy.signal', 'scipy.stats', "
+        "'scipy.interpolate', 'scipy.optimize') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
