@@ -3,8 +3,8 @@
 What this module does
 ---------------------
 * Network level: random-effects meta-analysis of the per-study Hedges g of every metric
-  (REML by default, DerSimonian-Laird as an option), with Wald-type (z) or Knapp-Hartung (t)
-  inference, 95% prediction interval, Cochran's Q, I², H², τ² and its Q-profile CI;
+  (REML by default, DerSimonian-Laird as an option), with Knapp-Hartung (t, the default) or
+  Wald-type (z) inference, 95% prediction interval, Cochran's Q, I², H², τ² and its Q-profile CI;
   leave-one-study-out table; Egger's regression test; mixed-effects meta-regression on
   study-level moderators with permutation p-values.
 * Voxelwise: the same model at every voxel of a network mask, sign-flip permutation FWE,
@@ -15,7 +15,15 @@ Conventions follow metafor's ``rma.uni`` defaults, so results can be checked aga
 
 * τ² by REML (τ² >= 0) or DL; β by WLS with weights ``1 / (v_i + τ²)``; inference
   ``test="z"`` unless ``knapp_hartung=True`` (metafor ``test="knha"``: SE scaled by
-  ``sqrt(Σ w r² / (k - p))``, t with ``k - p`` df, no truncation).
+  ``sqrt(Σ w r² / (k - p))``, t with ``k - p`` df, no truncation). The stage default
+  (``meta.knapp_hartung: true``, and the defaults of :func:`meta_analysis`,
+  :func:`leave_one_out` and :func:`meta_regression`) is Knapp-Hartung: with about 10
+  studies the z test rejects a true null too often once τ² > 0 (it treats the estimated τ²
+  as known; 0.07-0.08 at α = 0.05 in the unit test's simulations, against 0.05 under
+  Knapp-Hartung; IntHout et al. 2014). :func:`fit_rma` keeps metafor's ``test="z"`` default.
+  When the weighted residuals are all zero (identical effects) the Knapp-Hartung factor is
+  0 and would give SE 0 and p 0: such columns fall back to the z test (``kh_fallback``,
+  ``test`` = ``z`` and a warning in :func:`meta_analysis`).
 * I² = 100 τ² / (τ² + s²) with the "typical" within-study variance
   s² = (k - p) / tr(P) (P evaluated at τ² = 0), H² = (τ² + s²) / s²; so I² depends on the
   τ² estimator, as in metafor (Higgins' (Q - df)/Q equals it for DL only). Fixed-effect models
@@ -56,6 +64,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +87,7 @@ MODERATORS = ("age", "pctfemale", "duration", "edss", "t2lv")
 
 DEFAULT_OPTIONS = {
     "method": "REML",
-    "knapp_hartung": False,
+    "knapp_hartung": True,
     "n_permutations": 1000,
     "alpha": 0.05,
     "cluster_threshold": 0.001,
@@ -89,6 +98,9 @@ DEFAULT_OPTIONS = {
 }
 """Defaults of the ``meta`` config section (see :func:`resolve_options`)."""
 
+_KH_ZERO = 1e-12
+"""A Knapp-Hartung factor ``Σ w r² / (k - p)`` at or below this counts as 0 (identical
+effects: r is rounding error); under the model it is about F(k - p, ∞)-distributed."""
 _REML_TOL = 1e-10
 _REML_MAX_ITER = 200
 _CHUNK_ELEMENTS = 2**17
@@ -198,6 +210,7 @@ class RMAFit:
     method: str
     knapp_hartung: bool
     alpha: float
+    kh_fallback: np.ndarray
 
 
 def fit_rma(y, v, X=None, method="REML", knapp_hartung=False, alpha=0.05, min_studies=None):
@@ -218,7 +231,9 @@ def fit_rma(y, v, X=None, method="REML", knapp_hartung=False, alpha=0.05, min_st
     method : {"REML", "DL", "FE"}
         τ² estimator; ``"FE"`` fixes τ² = 0 (inverse-variance fixed-effect model).
     knapp_hartung : bool
-        Knapp-Hartung SEs and t(k - p) inference (random-effects columns only).
+        Knapp-Hartung SEs and t(k - p) inference (random-effects columns only). Columns whose
+        weighted residual sum of squares is 0 (all effects identical, or on the regression
+        line) keep the z test (``kh_fallback``; a ``RuntimeWarning`` says how many).
     alpha : float
         CIs are 100(1 - alpha)%.
     min_studies : int, optional
@@ -239,6 +254,13 @@ def fit_rma(y, v, X=None, method="REML", knapp_hartung=False, alpha=0.05, min_st
     """
     core = _fit_core(y, v, X, method, knapp_hartung, min_studies)
     beta, cov, df_test, ok = core["beta"], core["cov"], core["df_test"], core["ok"]
+    n_fallback = int(np.sum(core["kh_fallback"] & ok))
+    if n_fallback:
+        warnings.warn(
+            f"Knapp-Hartung: the weighted residuals are all zero in {n_fallback} of "
+            f"{ok.size} model(s) (identical effects, or all on the regression line), which "
+            "would give SE 0 and p 0; the z "
+            "test is used there instead.", RuntimeWarning, stacklevel=2)
     tau2, qe, df, s2, fixed = core["tau2"], core["qe"], core["df"], core["s2"], core["fixed"]
     with np.errstate(divide="ignore", invalid="ignore"):
         se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2)).T
@@ -261,7 +283,7 @@ def fit_rma(y, v, X=None, method="REML", knapp_hartung=False, alpha=0.05, min_st
     return RMAFit(
         **arrays, cov=cov, k=core["k"], df=df, df_test=df_test, weights=core["weights"],
         fixed=fixed, converged=core["converged"], method=method.upper(),
-        knapp_hartung=knapp_hartung, alpha=alpha,
+        knapp_hartung=knapp_hartung, alpha=alpha, kh_fallback=core["kh_fallback"],
     )
 
 
@@ -270,7 +292,8 @@ def _fit_core(y, v, X, method, knapp_hartung, min_studies):
 
     Returns a dict with ``beta`` (p, m), ``cov`` (m, p, p; NaN where not estimable),
     ``df_test`` (m; inf for z), ``tau2``, ``k``, ``df`` (k - p), ``qe``, ``s2``, ``fixed``,
-    ``converged``, ``ok`` (estimable) and ``weights`` (k, m).
+    ``converged``, ``ok`` (estimable), ``weights`` (k, m) and ``kh_fallback`` (m; z test
+    kept because the Knapp-Hartung factor is 0).
     """
     y = np.asarray(y, dtype=float)
     y = y[:, None] if y.ndim == 1 else y
@@ -310,15 +333,18 @@ def _fit_core(y, v, X, method, knapp_hartung, min_studies):
         beta, cov, ok_re = _wls(y0, w, X)
         ok &= ok_re
         df_test = np.full(m, np.inf)
+        kh_fallback = np.zeros(m, dtype=bool)
         if knapp_hartung:
             use_kh = ~fixed & (df >= 1)
             q_kh = np.einsum("km,km->m", w, (y0 - X @ beta) ** 2) / np.maximum(df, 1)
+            kh_fallback = use_kh & np.isfinite(q_kh) & (q_kh <= _KH_ZERO)
+            use_kh &= ~kh_fallback
             cov[use_kh] *= q_kh[use_kh, None, None]
             df_test = np.where(use_kh, df, np.inf)
     cov[~ok] = np.nan
     return {"beta": beta, "cov": cov, "df_test": df_test, "tau2": tau2, "k": k, "df": df,
             "qe": qe, "s2": s2, "fixed": fixed, "converged": converged, "ok": ok,
-            "weights": np.where(valid, w, 0.0)}
+            "weights": np.where(valid, w, 0.0), "kh_fallback": kh_fallback}
 
 
 def _two_sided_p(stat, df):
@@ -503,7 +529,7 @@ def tau2_qprofile_ci(y, v, X=None, alpha=0.05):
     return bounds[0], bounds[1]
 
 
-def meta_analysis(g, var_g, method="REML", knapp_hartung=False, alpha=0.05, min_studies=3):
+def meta_analysis(g, var_g, method="REML", knapp_hartung=True, alpha=0.05, min_studies=3):
     """Pool one set of study effects with a random-effects model.
 
     Parameters
@@ -514,7 +540,9 @@ def meta_analysis(g, var_g, method="REML", knapp_hartung=False, alpha=0.05, min_
         τ² estimator. With fewer than ``min_studies`` studies the fixed-effect (inverse
         variance) model is fitted instead and ``warning`` says so.
     knapp_hartung : bool
-        Knapp-Hartung adjustment (t with k - 1 df, also for the prediction interval).
+        Knapp-Hartung adjustment (t with k - 1 df, also for the prediction interval); the
+        default. When all effects are identical the z test is used (``test`` = ``z``,
+        ``warning`` says why).
     alpha : float
         Level of the CI and PI (100(1 - alpha)%).
     min_studies : int
@@ -534,7 +562,9 @@ def meta_analysis(g, var_g, method="REML", knapp_hartung=False, alpha=0.05, min_
     row = {"model": "none", "method": method, "test": "knha" if knapp_hartung else "z", "k": k}
     if k == 0:
         return {**row, "warning": "no study with a valid effect size"}
-    fit = fit_rma(g, var_g, None, method, knapp_hartung, alpha, min_studies)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # said in the row's warning instead
+        fit = fit_rma(g, var_g, None, method, knapp_hartung, alpha, min_studies)
     fixed = bool(fit.fixed[0])
     warning = ""
     if fixed:
@@ -544,6 +574,11 @@ def meta_analysis(g, var_g, method="REML", knapp_hartung=False, alpha=0.05, min_
         )
     elif not fit.converged[0]:
         warning = "REML did not converge"
+    if fit.kh_fallback[0]:
+        row["test"] = "z"
+        warning = "; ".join(filter(None, [warning, (
+            "all effects identical: the Knapp-Hartung residual variance is 0 (SE 0, p 0), "
+            "z test used instead")]))
     crit = stats.t.ppf(1 - alpha / 2, fit.df_test[0])
     half_pi = crit * np.sqrt(fit.tau2[0] + fit.se[0, 0] ** 2)
     t2_lo, t2_hi = (np.nan, np.nan) if fixed else tau2_qprofile_ci(g, var_g, alpha=alpha)
@@ -577,7 +612,7 @@ def meta_analysis(g, var_g, method="REML", knapp_hartung=False, alpha=0.05, min_
     }
 
 
-def leave_one_out(studies, g, var_g, method="REML", knapp_hartung=False, alpha=0.05,
+def leave_one_out(studies, g, var_g, method="REML", knapp_hartung=True, alpha=0.05,
                   min_studies=3) -> pd.DataFrame:
     """Leave-one-study-out sensitivity analysis (metafor ``leave1out``).
 
@@ -674,7 +709,7 @@ def permutation_p(null, observed, exact):
     return np.where(np.isfinite(observed), p, np.nan)
 
 
-def meta_regression(g, var_g, moderators: pd.DataFrame, method="REML", knapp_hartung=False,
+def meta_regression(g, var_g, moderators: pd.DataFrame, method="REML", knapp_hartung=True,
                     alpha=0.05, n_permutations=1000, rng=None, min_studies=3) -> pd.DataFrame:
     """Mixed-effects meta-regression of study effects on study-level moderators.
 
@@ -697,7 +732,8 @@ def meta_regression(g, var_g, moderators: pd.DataFrame, method="REML", knapp_har
     pandas.DataFrame
         One row per coefficient: ``moderator`` (``intercept`` or the moderator name),
         ``k``, ``beta``, ``se``, ``ci_low``, ``ci_high``, ``stat`` (z, or t under
-        Knapp-Hartung), ``df``, ``p``, ``p_perm``, then model-level ``qm`` (chi², or F under
+        Knapp-Hartung), ``df``, ``test`` (``knha``, or ``z``: Knapp-Hartung off, or its
+        residual variance 0), ``p``, ``p_perm``, then model-level ``qm`` (chi², or F under
         Knapp-Hartung), ``qm_df``, ``qm_p``, ``qm_p_perm``, ``tau2`` (residual),
         ``tau2_null`` (intercept-only model on the same studies), ``r2`` (% of τ²
         explained, metafor's ``max(0, 100 (τ²_null - τ²) / τ²_null)``, NaN if τ²_null = 0),
@@ -709,7 +745,9 @@ def meta_regression(g, var_g, moderators: pd.DataFrame, method="REML", knapp_har
     k, q = g.size, len(names)
     X = np.column_stack([np.ones(k), moderators.to_numpy(float)])
     fit = fit_rma(g, var_g, X, method, knapp_hartung, alpha, min_studies)
-    null = fit_rma(g, var_g, None, method, knapp_hartung, alpha, min_studies)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # only the model's own fit warns
+        null = fit_rma(g, var_g, None, method, knapp_hartung, alpha, min_studies)
     tau2, tau2_0 = fit.tau2[0], null.tau2[0]
     r2 = max(0.0, 100.0 * (tau2_0 - tau2) / tau2_0) if tau2_0 > 0 else np.nan
     p_perm = np.full(q + 1, np.nan)
@@ -717,7 +755,10 @@ def meta_regression(g, var_g, moderators: pd.DataFrame, method="REML", knapp_har
     if n_permutations > 0:
         rng = np.random.default_rng(0) if rng is None else rng
         orders, exact = permutation_orders(k, n_permutations, rng)
-        perm = fit_rma(g[orders.T], var_g[orders.T], X, method, knapp_hartung, alpha, min_studies)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            perm = fit_rma(g[orders.T], var_g[orders.T], X, method, knapp_hartung, alpha,
+                           min_studies)
         p_perm[1:] = permutation_p(np.abs(perm.stat[1:]).T, np.abs(fit.stat[1:, 0]), exact)
         qm_p_perm = float(permutation_p(perm.qm, fit.qm[0], exact))
         n_done = orders.shape[0]
@@ -726,7 +767,7 @@ def meta_regression(g, var_g, moderators: pd.DataFrame, method="REML", knapp_har
         "moderator": ["intercept", *names], "k": k, "beta": fit.beta[:, 0],
         "se": fit.se[:, 0], "ci_low": fit.ci_low[:, 0], "ci_high": fit.ci_high[:, 0],
         "stat": fit.stat[:, 0], "df": df_test if np.isfinite(df_test) else np.nan,
-        "p": fit.pval[:, 0], "p_perm": p_perm, "qm": fit.qm[0], "qm_df": q,
+        "test": "knha" if np.isfinite(df_test) else "z", "p": fit.pval[:, 0], "p_perm": p_perm, "qm": fit.qm[0], "qm_df": q,
         "qm_p": fit.qm_p[0], "qm_p_perm": qm_p_perm, "tau2": tau2, "tau2_null": tau2_0,
         "r2": r2, "qe": fit.qe[0], "qe_df": int(fit.df[0]), "qe_p": fit.qe_p[0],
         "i2": fit.i2[0], "n_permutations": n_done,
@@ -789,7 +830,11 @@ def metaregression_table(studies, g, var_g, mods: pd.DataFrame, metric, opts) ->
             opts["alpha"], opts["n_permutations"], rng, min_k,
         )
         tab.insert(0, "model", model)
-        tab["warning"] = "" if tab["converged"].all() else "REML did not converge"
+        notes = [] if tab["converged"].all() else ["REML did not converge"]
+        if opts["knapp_hartung"] and (tab["test"] == "z").any():
+            notes.append("Knapp-Hartung residual variance is 0 (effects on the regression "
+                         "line): z test used instead")
+        tab["warning"] = "; ".join(notes)
         tables.append(tab)
     for name, reason in skipped:
         LOGGER.info("%s: %s", metric, reason)
@@ -991,7 +1036,7 @@ EGGER_COLUMNS = ["metric", "network", "test", "k", "bias", "bias_se", "t", "df",
 
 METAREG_COLUMNS = [
     "metric", "network", "model", "moderator", "k", "beta", "se", "ci_low", "ci_high", "stat",
-    "df", "p", "p_perm", "q_fdr", "qm", "qm_df", "qm_p", "qm_p_perm", "tau2", "tau2_null", "r2",
+    "df", "test", "p", "p_perm", "q_fdr", "qm", "qm_df", "qm_p", "qm_p_perm", "tau2", "tau2_null", "r2",
     "qe", "qe_df", "qe_p", "i2", "n_permutations", "permutation", "converged", "warning",
 ]
 """Columns of ``meta_desc-metaregression_stats.tsv`` (see :func:`meta_regression`;

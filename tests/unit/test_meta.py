@@ -41,7 +41,7 @@ def close3(value, published, tol=6e-4):
 # ----------------------------------------------------------------------------- known answers
 def test_bcg_reml_matches_metafor():
     yi, vi, _ = bcg()
-    res = meta.meta_analysis(yi, vi, "REML")
+    res = meta.meta_analysis(yi, vi, "REML", knapp_hartung=False)
     # metafor: rma(yi, vi, data=dat); predict(res); confint(res)
     close3(res["tau2"], 0.3132)
     close3(res["g"], -0.7145)
@@ -61,7 +61,7 @@ def test_bcg_reml_matches_metafor():
 
 def test_bcg_dl_matches_metafor():
     yi, vi, _ = bcg()
-    res = meta.meta_analysis(yi, vi, "DL")
+    res = meta.meta_analysis(yi, vi, "DL", knapp_hartung=False)
     close3(res["tau2"], 0.3088)
     close3(res["g"], -0.7141)
     close3(res["se"], 0.1787)
@@ -70,7 +70,8 @@ def test_bcg_dl_matches_metafor():
 
 def test_bcg_metaregression_on_latitude_matches_metafor():
     yi, vi, ablat = bcg()
-    tab = meta.meta_regression(yi, vi, pd.DataFrame({"ablat": ablat}), n_permutations=0)
+    tab = meta.meta_regression(yi, vi, pd.DataFrame({"ablat": ablat}), knapp_hartung=False,
+                               n_permutations=0)
     # metafor: rma(yi, vi, mods = ~ ablat, data=dat)
     close3(tab["beta"].iloc[0], 0.2515)
     close3(tab["beta"].iloc[1], -0.0291)
@@ -131,6 +132,82 @@ def test_engine_matches_pymare(method, knha, dataset):
         lo, hi = meta.tau2_qprofile_ci(y, v)
         re = summary.get_re_stats()
         np.testing.assert_allclose([lo, hi], [re["ci_l"][0], re["ci_u"][0]], rtol=1e-4, atol=1e-6)
+
+
+def test_bcg_knapp_hartung_default_matches_hand_formula():
+    """metafor rma(yi, vi, test="knha") on the BCG trials, computed by hand here from
+    metafor's published REML tau2 (0.3132): w = 1/(v + tau2), SE = sqrt(sum w r^2 / (k - 1)
+    / sum w), t with k - 1 df (CI and PI with the t quantile)."""
+    from scipy import stats
+
+    yi, vi, _ = bcg()
+    res = meta.meta_analysis(yi, vi)  # defaults: REML, Knapp-Hartung
+    w = 1 / (vi + 0.3132)
+    mu = np.sum(w * yi) / np.sum(w)
+    se = np.sqrt(np.sum(w * (yi - mu) ** 2) / 12 / np.sum(w))
+    q = stats.t.ppf(0.975, 12)
+    assert res["test"] == "knha" and res["df"] == 12 and res["warning"] == ""
+    close3(res["g"], mu)
+    close3(res["se"], se)
+    close3(res["stat"], mu / se, tol=3e-3)
+    np.testing.assert_allclose(res["p"], 2 * stats.t.sf(abs(mu / se), 12), rtol=1e-2)
+    close3(res["ci_low"], mu - q * se)
+    close3(res["ci_high"], mu + q * se)
+    close3(res["pi_low"], mu - q * np.sqrt(0.3132 + se**2))
+    # the KH SE differs from the z test's (0.1798, metafor)
+    assert abs(res["se"] - 0.1798) > 5e-4
+
+
+def test_knapp_hartung_with_identical_effects_falls_back_to_z_and_says_so():
+    """Issue 11 §2: identical effects make the Knapp-Hartung factor 0 (SE 0, p 0 before)."""
+    from scipy import stats
+
+    v = np.array([0.02, 0.05, 0.04, 0.1, 0.03])
+    y = np.full(5, 0.3)
+    with pytest.warns(RuntimeWarning, match="Knapp-Hartung"):
+        fit = meta.fit_rma(y, v, None, "REML", knapp_hartung=True)
+    assert fit.kh_fallback[0] and np.isinf(fit.df_test[0])
+    res = meta.meta_analysis(y, v)
+    se = np.sqrt(1 / np.sum(1 / v))  # tau2 = 0: the z test's SE
+    assert res["test"] == "z" and "identical" in res["warning"]
+    np.testing.assert_allclose(res["se"], se, rtol=1e-8)
+    np.testing.assert_allclose(res["p"], 2 * stats.norm.sf(0.3 / se), rtol=1e-8)
+    assert res["p"] > 0 and np.isnan(res["df"])
+    # meta-regression whose effects lie exactly on the line
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    with pytest.warns(RuntimeWarning, match="Knapp-Hartung"):
+        tab = meta.meta_regression(0.1 + 0.05 * x, v, pd.DataFrame({"x": x}), n_permutations=0)
+    assert (tab["test"] == "z").all() and (tab["se"] > 0).all() and (tab["p"] > 0).all()
+    with pytest.warns(RuntimeWarning, match="Knapp-Hartung"):
+        table = meta.metaregression_table(
+            list("abcde"), 0.1 + 0.05 * x, v, pd.DataFrame({"age": x}, index=list("abcde")),
+            "m", meta.resolve_options({"n_permutations": 0, "moderators": ["age"]}))
+    assert table["warning"].str.contains("z test used").all()
+
+
+def test_default_meta_inference_is_calibrated_with_ten_studies():
+    """Issue 11 §2: 8,000 null meta-analyses and meta-regressions of k = 10 studies (tau2
+    0.03 and 0.1, variances of g from 10-120 vs 10-60 subjects). The default (Knapp-Hartung)
+    rejects at about 0.05; the Wald z test rejects 0.07-0.09 of the time."""
+    k, n_rep = 10, 4000
+    opts = meta.resolve_options()
+    assert opts["knapp_hartung"] is True
+    rates = {}
+    for test, kh in (("default", opts["knapp_hartung"]), ("z", False)):
+        rng = np.random.default_rng(5)
+        p_mean, p_slope = [], []
+        for tau2 in (0.03, 0.1):
+            n1, n2 = rng.integers(10, 120, (k, n_rep)), rng.integers(10, 60, (k, n_rep))
+            v = 1 / n1 + 1 / n2 + 0.25 / (2 * (n1 + n2))
+            y = rng.normal(size=(k, n_rep)) * np.sqrt(v + tau2)
+            X = np.column_stack([np.ones(k), rng.normal(40, 5, k)])
+            p_mean.append(meta.fit_rma(y, v, None, opts["method"], kh).pval[0])
+            p_slope.append(meta.fit_rma(y + 0.3, v, X, opts["method"], kh).pval[1])
+        rates[test] = [np.mean(np.concatenate(p) < 0.05) for p in (p_mean, p_slope)]
+    # binomial SE at 0.05 over 8,000 null data sets: 0.0024
+    for rate in rates["default"]:
+        assert 0.035 < rate < 0.065, rates
+    assert min(rates["z"]) > 0.065, rates  # measured: default 0.055/0.057, z 0.075/0.081
 
 
 def test_dl_matches_statsmodels_combine_effects():
@@ -386,10 +463,11 @@ def test_voxelwise_maps_equal_network_engine_at_every_voxel(tmp_path):
     maps = {name: _load(paths[name], mask) for name in ("g", "z", "tau2", "i2")}
     for j in range(Y.shape[1]):
         ok = np.isfinite(Y[:, j])
-        ref = meta.meta_analysis(Y[ok, j], Vv[ok, j], "REML")
+        ref = meta.meta_analysis(Y[ok, j], Vv[ok, j], "REML")  # Knapp-Hartung by default
+        z_ref = meta.as_z(ref["stat"], ref["df"])  # the z map holds z-equivalents of t
         np.testing.assert_allclose(
             [maps["g"][j], maps["z"][j], maps["tau2"][j], maps["i2"][j]],
-            [ref["g"], ref["stat"], ref["tau2"], ref["i2"]], rtol=1e-5, atol=1e-6)
+            [ref["g"], z_ref, ref["tau2"], ref["i2"]], rtol=1e-5, atol=1e-6)
     assert _load(paths["fdr_q"], ~mask).min() == 1.0
 
 
@@ -502,8 +580,9 @@ def test_voxelwise_metaregression_equals_network_metaregression():
     vox = meta.voxelwise_metaregression(Y, Vv, x, opts)
     tab = meta.meta_regression(y, v, pd.DataFrame({"x": x}), n_permutations=0)
     row = tab.set_index("moderator").loc["x"]
-    np.testing.assert_allclose([vox["beta"][0], vox["z"][0]], [row["beta"], row["stat"]],
-                               rtol=1e-10)
+    assert row["test"] == "knha" and row["df"] == 8
+    np.testing.assert_allclose([vox["beta"][0], vox["z"][0]],
+                               [row["beta"], meta.as_z(row["stat"], row["df"])], rtol=1e-10)
 
 
 def test_meta_voxelwise_rejects_maps_off_the_mask_grid(tmp_path):
