@@ -198,11 +198,17 @@ def test_methods_text_stage2_units_follow_the_config(units, expected, absent):
 
 
 def test_methods_text_estimator_test_permutations_and_tfce_follow_the_config():
-    reml = methods_text({}, {})
+    from msnet.meta import DEFAULT_OPTIONS
+
+    reml = methods_text({"meta": {"knapp_hartung": False}}, {})
     dl = methods_text({"meta": {"method": "DL", "knapp_hartung": True, "n_permutations": 250,
                                 "cluster_threshold": 0.005}}, {})
     assert "restricted maximum likelihood (REML; Viechtbauer, 2005)" in _para(reml, "Meta")
     assert "DerSimonian" not in reml and "Knapp" not in reml and "Wald-type z" in reml
+    assert "(Wald z)" in reml and "(Knapp-Hartung t converted to z)" in dl
+    default = methods_text({}, {})  # whatever msnet.meta's defaults are, the text says it
+    assert ("Knapp-Hartung t tests" in default) == DEFAULT_OPTIONS["knapp_hartung"]
+    assert ("REML" in _para(default, "Meta")) == (DEFAULT_OPTIONS["method"] == "REML")
     meta = _para(dl, "Meta-analysis")
     assert "DerSimonian-Laird estimator (DerSimonian & Laird, 1986)" in meta
     assert "REML" not in meta and "Viechtbauer, 2005" not in dl
@@ -262,9 +268,10 @@ def test_references_are_exactly_the_works_cited_with_dois():
                  "Makris et al., 2006", "Desikan et al., 2006", "PyMARE developers",
                  "Benjamini & Hochberg, 1995", "Disrupted and reorganized connectivity"):
         assert name in text, name
-    for name in ("DerSimonian", "Smith & Nichols", "Knapp", "Seitzman et al., 2018",
+    for name in ("DerSimonian", "Smith & Nichols", "Seitzman et al., 2018",
                  "Esteban"):  # not used by the defaults (Esteban: the demo ran no fMRIPrep)
         assert name not in text, name
+    assert "Knapp" not in methods_text({"meta": {"knapp_hartung": False}}, {})
     assert "10.1016/j.neuroimage.2019.116290" in text
     assert "Esteban et al., 2019" in methods_text({"data": {"mode": "fmriprep"}}, {})
 
