@@ -922,6 +922,42 @@ def _all_paths(out_paths: dict) -> list:
     return paths + [sidecar_path(out_paths[k]) for k in ("timeseries", "relmat")]
 
 
+def _write_tsv(df: pd.DataFrame, path, float_format: str = "%.7g") -> None:
+    """``msnet.io.atomic.write_tsv(df, path, float_format=...)``, the same bytes, 3-4x faster.
+
+    pandas formats a 300 x 300 matrix value by value (0.2-0.4 s per table); formatting a
+    whole row with one ``%`` operation does the same work in C. Frames with anything but
+    float, integer and plain string columns (or strings pandas would quote) go to pandas.
+    """
+    from msnet.io.atomic import write_text, write_tsv
+
+    formats = []
+    for name in df.columns:
+        kind = df[name].dtype.kind
+        if kind == "f":
+            formats.append(float_format)
+        elif kind in "iu" or (kind == "O" and all(isinstance(v, str) and v != "nan" and not _needs_quotes(v)
+                                                 for v in df[name])):
+            formats.append("%s")
+        else:
+            formats.append(None)
+    if None in formats or any(_needs_quotes(str(name)) for name in df.columns):
+        write_tsv(df, path, float_format=float_format)
+        return
+    row = "\t".join(formats)
+    lines = ["\t".join(map(str, df.columns))]
+    lines += [row % tuple(values) for values in df.astype(object).itertuples(index=False, name=None)]
+    text = "\n".join(lines) + "\n"
+    if "nan" in text:  # pandas writes missing values as n/a (whole fields only)
+        text = "\n".join("\t".join("n/a" if f == "nan" else f for f in line.split("\t"))
+                         for line in text.split("\n"))
+    write_text(text, path)
+
+
+def _needs_quotes(text: str) -> bool:
+    return any(c in text for c in '\t\n\r"')
+
+
 def write_subject_outputs(result: SubjectConnectivity, out_paths: dict) -> None:
     """Write every output of :func:`subject_connectivity` atomically, the QC JSON last.
 
@@ -933,7 +969,7 @@ def write_subject_outputs(result: SubjectConnectivity, out_paths: dict) -> None:
         when seed maps were computed, ``seed_maps`` (network -> path). The time-series and
         matrix sidecars go to :func:`sidecar_path` of their TSV.
     """
-    from msnet.io.atomic import save_nifti, write_json, write_tsv
+    from msnet.io.atomic import save_nifti, write_json
 
     _check_out_paths(out_paths, result.seed_maps is not None)
     for net in ANALYSIS_NETWORKS:
@@ -941,11 +977,11 @@ def write_subject_outputs(result: SubjectConnectivity, out_paths: dict) -> None:
     for net, values in (result.seed_maps or {}).items():
         save_nifti(map_image(values, result.mask_img), out_paths["seed_maps"][net])
     ts_meta, rel_meta = _sidecars(result)
-    write_tsv(result.timeseries, out_paths["timeseries"], float_format="%.7g")
+    _write_tsv(result.timeseries, out_paths["timeseries"])
     write_json(_json_safe(ts_meta), sidecar_path(out_paths["timeseries"]))
-    write_tsv(result.relmat.reset_index(), out_paths["relmat"], float_format="%.7g")
+    _write_tsv(result.relmat.reset_index(), out_paths["relmat"])
     write_json(_json_safe(rel_meta), sidecar_path(out_paths["relmat"]))
-    write_tsv(result.networks, out_paths["networks"], float_format="%.7g")
+    _write_tsv(result.networks, out_paths["networks"])
     write_json(_json_safe(result.qc), out_paths["qc"])
     logger.info("wrote %s (include=%s)", out_paths["qc"], result.qc.get("include"))
 

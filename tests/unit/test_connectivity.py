@@ -564,3 +564,28 @@ def test_thread_limits_set_the_blas_threads_of_the_job():
     with thread_limits(None):
         assert blas_threads() == before
     assert blas_threads() == before
+
+
+def test_tsv_writer_writes_the_bytes_pandas_writes(tmp_path):
+    from msnet.connectivity import _write_tsv
+    from msnet.io.atomic import write_tsv
+
+    rng = np.random.default_rng(0)
+    names = [f"ROI{i:03d}" for i in range(40)]
+    values = rng.normal(size=(30, 40)) * 10
+    values[:, 5] = np.nan
+    values[0, :5] = [np.inf, -np.inf, -0.0, 1e-30, 123456789.0]
+    z = np.arctanh(np.clip(rng.normal(size=(40, 40)) * 0.3, -0.99, 0.99))
+    np.fill_diagonal(z, np.nan)
+    frames = {
+        "timeseries": pd.DataFrame(values, columns=names),
+        "relmat": pd.DataFrame(z, index=pd.Index(names, name="roi"), columns=names).reset_index(),
+        "networks": pd.DataFrame({"network_a": ["DMN", "SMN"], "network_b": ["DMN", "VN"],
+                                  "fc_z": [0.1, np.nan], "n_edges": [3, 0]}),
+        "empty": pd.DataFrame(columns=names, dtype=float),
+        "quoted": pd.DataFrame({"a\tb": [1.5], "c": ['say "x"']}),  # pandas' own path
+    }
+    for name, frame in frames.items():
+        write_tsv(frame, tmp_path / f"{name}-pandas.tsv", float_format="%.7g")
+        _write_tsv(frame, tmp_path / f"{name}-msnet.tsv")
+        assert (tmp_path / f"{name}-msnet.tsv").read_bytes() == (tmp_path / f"{name}-pandas.tsv").read_bytes()
