@@ -1358,12 +1358,13 @@ class _Report:
         models within MS (FDR q) and the meta-regression on study means (FDR q of the
         permutation p). The clinical and meta-regression sections both print it, so they
         cannot disagree. Empty when neither result is available."""
-        found, tested = [], []
+        found, tested, n_tests = [], [], 0
         table = self.clinical_table
         if table is not None and len(table) and {"q_fdr", "variable"} <= set(table):
             ok = table[table["status"] == "ok"] if "status" in table else table
             ok = ok[ok["variable"].astype(str).isin(_NULL_VARIABLES)]
             q = pd.to_numeric(ok["q_fdr"], errors="coerce")
+            n_tests += int(q.notna().sum())
             tested.append(f"{int(q.notna().sum())} pooled mixed models within MS at FDR q < "
                           f"{self.alpha_clin:g}")
             found += [f"within MS, {r.metric} ~ {_READABLE.get(r.variable, r.variable)} "
@@ -1373,15 +1374,21 @@ class _Report:
         if reg is not None and len(reg) and {"q_fdr", "moderator"} <= set(reg):
             rows = reg[reg["moderator"].astype(str).isin(_NULL_MODERATORS)]
             q = pd.to_numeric(rows["q_fdr"], errors="coerce")
+            n_tests += int(q.notna().sum())
             tested.append(f"{int(q.notna().sum())} meta-regression coefficients on study "
-                          f"means at FDR q < {self.alpha_meta:g}")
+                          f"means at FDR q < {self.alpha_meta:g}" if q.notna().any() else
+                          "no meta-regression on study means could be fitted (see the "
+                          "meta-regression table's warnings)")
             pcol = "p_perm" if "p_perm" in rows and rows["p_perm"].notna().any() else "p"
             found += [f"across studies, {_metareg_hits(rows[q < self.alpha_meta], pcol)}"] \
                 if (q < self.alpha_meta).any() else []
         if not tested:
             return ""
         basis = f"Tested: {'; '.join(tested)}."
-        if found:
+        if not n_tests:
+            text = ("Published null for disease duration and EDSS: not assessed (no model of "
+                    "disease duration or EDSS could be estimated). " + basis)
+        elif found:
             text = ("Published null for disease duration and EDSS: NOT reproduced. "
                     f"Associations surviving multiplicity correction: {'; '.join(found)}. "
                     + basis)

@@ -609,3 +609,12 @@ def test_exclusions_by_rule_counts_each_rule():
     assert table.iloc[0] == 2 and "VIF" in table.index[0]
     assert table["mean FD (qc.max_mean_fd)"] == 1 and table["no signal"] == 1
     assert table["censored volumes (qc.max_pct_censored)"] == 1 and table.sum() == 5
+
+
+def test_null_not_assessed_when_no_model_could_be_fitted(tmp_path):
+    reg = _metareg_rows(np.nan, np.nan)
+    reg["p"] = reg["p_perm"] = np.nan
+    _, clinical, metareg = _conclusions(tmp_path, [np.nan] * 3, reg)
+    (v1,), (v2,) = _verdicts(clinical), _verdicts(metareg)
+    assert v1 == v2 and "not assessed" in v1 and "reproduced" not in v1
+    assert "no meta-regression on study means could be fitted" in v1
