@@ -520,3 +520,30 @@ def test_network_mask_ignores_nan_voxels():
     maps[0, 2] = np.nan  # one subject without signal at voxel 2: t from the other nine
     mask = group.network_mask(template, maps, 0.2, 5.0)
     assert mask.tolist() == [True, False, True, True]
+
+
+def test_methods_text_says_how_the_per_study_g_was_computed():
+    from msnet.report import methods_text
+
+    default = methods_text({}, {})
+    assert "divided by the residual SD" in default and "group.effect_size: t" not in default
+    assert "Powell" in default  # the MixedLM fallback
+    t_based = methods_text({"group": {"effect_size": "t"}}, {})
+    assert "group.effect_size: t" in t_based and "divided by the residual SD" not in t_based
+
+
+def test_report_flags_pooled_mixed_models_that_did_not_converge(tmp_path):
+    from msnet.io.atomic import write_tsv
+    from msnet.report import _Report
+
+    table = pd.DataFrame({"metric": ["within_DMN", "within_SMN", "within_VN"],
+                          "status": ["ok", "ok", "excluded"],
+                          "converged": [True, False, False], "note": ["", "x", ""]})
+    write_tsv(table, tmp_path / "pooled.tsv")
+    rep = _Report({}, {"pooled_table": str(tmp_path / "pooled.tsv")}, tmp_path, tmp_path)
+    flag = rep.unconverged("pooled_table")
+    assert "did not converge" in flag and "within_SMN" in flag
+    assert "within_DMN" not in flag and "within_VN" not in flag
+    write_tsv(table.assign(converged=True), tmp_path / "pooled.tsv")
+    assert _Report({}, {"pooled_table": str(tmp_path / "pooled.tsv")}, tmp_path,
+                   tmp_path).unconverged("pooled_table") == ""
