@@ -1053,7 +1053,8 @@ def compute_subject_connectivity(
         logger.info("%s: finding files in %s", participant_id, fmriprep_dir)
         files = find_subject_files(fmriprep_dir, participant_id, task, space, multi_run)
         cleaned = clean_subject(files, denoise_options, qc_options or {}, lesion_mask=lesion_mask,
-                                progress=lambda message: logger.info("%s: %s", participant_id, message))
+                                progress=lambda message: logger.info("%s: %s", participant_id, message),
+                                threads=threads)
         logger.info("%s: denoised (%.1f s)", participant_id, time.perf_counter() - t0)
         result = subject_connectivity(cleaned, opts)
         if study_id is not None:

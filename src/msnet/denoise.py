@@ -1159,12 +1159,14 @@ def _scale(values: np.ndarray, slope: float, inter: float) -> np.ndarray:
 
 
 def _read_bold(path: Path, img, run_mask: np.ndarray, tsnr_mask: np.ndarray, analysis: np.ndarray,
-               fwhm, n_dummy: int, keep_raw: bool) -> _RunData:
+               fwhm, n_dummy: int, keep_raw: bool, threads: int | None = None) -> _RunData:
     """Stream a BOLD once: raw brain voxels for tSNR/DVARS, smoothed analysis voxels.
 
     The file is read volume chunk by volume chunk (NIfTI stores each volume contiguously,
     x fastest), so the 4-D image is never held in memory, in any precision. Raw values
-    (tSNR, DVARS: voxel order does not matter) are gathered in on-disk order.
+    (tSNR, DVARS: voxel order does not matter) are gathered in on-disk order. With
+    ``threads`` > 1 each chunk's volumes are smoothed by that many threads (each volume's
+    values are computed exactly as with one).
     """
     nx, ny, nz, n_vol = img.shape
     proxy = img.dataobj
@@ -1179,24 +1181,46 @@ def _read_bold(path: Path, img, run_mask: np.ndarray, tsnr_mask: np.ndarray, ana
     smoothed = np.empty((n_vol, ana_idx.size), dtype=np.float32)
     raw_brain = np.empty((n_vol, brain_idx.size), np.float32) if keep_raw else None
     tsnr = _TsnrSums(int(tsnr_mask.sum()))
-    with _open_stream(path, int(proxy.offset), block_size=chunk * buffer[0].nbytes) as stream:
-        for t0 in range(0, n_vol, chunk):
-            k = min(chunk, n_vol - t0)
-            block = buffer[:k]
-            _read_exact(stream, block, path)
-            flat = block.reshape(k, -1)
-            raw = _to_float32(flat[:, brain_idx], *scale)
-            if not np.isfinite(raw).all():
-                bad = t0 + int(np.nonzero(~np.isfinite(raw).all(axis=1))[0][0])
-                raise MsnetInputError(
-                    f"{path} holds NaN/inf inside the brain mask (volume {bad}); such data cannot be "
-                    "cleaned. Check the fMRIPrep run (or remove those voxels from the brain mask)."
-                )
-            if raw_brain is not None:
-                raw_brain[t0 : t0 + k] = raw
-            tsnr.add(raw[max(0, n_dummy - t0):, tsnr_cols])
-            smoothed[t0 : t0 + k] = (smoother(block, scale) if smoother
-                                     else _to_float32(np.take(flat, ana_idx, axis=1), *scale))
+    workers = max(1, int(threads or 1)) if smoother else 1
+    pool = None
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(workers)
+
+    def work(block, t0, part):
+        smoothed[t0 + part[0] : t0 + part[-1] + 1] = smoother(block[part[0] : part[-1] + 1], scale)
+
+    try:
+        with _open_stream(path, int(proxy.offset), block_size=chunk * buffer[0].nbytes) as stream:
+            for t0 in range(0, n_vol, chunk):
+                k = min(chunk, n_vol - t0)
+                block = buffer[:k]
+                _read_exact(stream, block, path)
+                flat = block.reshape(k, -1)
+                jobs = [] if pool is None else [  # smoothed while this thread gathers the raw values
+                    pool.submit(work, block, t0, part)
+                    for part in np.array_split(np.arange(k), min(workers, k))]
+                raw = _to_float32(flat[:, brain_idx], *scale)
+                if not np.isfinite(raw).all():
+                    bad = t0 + int(np.nonzero(~np.isfinite(raw).all(axis=1))[0][0])
+                    raise MsnetInputError(
+                        f"{path} holds NaN/inf inside the brain mask (volume {bad}); such data cannot be "
+                        "cleaned. Check the fMRIPrep run (or remove those voxels from the brain mask)."
+                    )
+                if raw_brain is not None:
+                    raw_brain[t0 : t0 + k] = raw
+                tsnr.add(raw[max(0, n_dummy - t0):, tsnr_cols])
+                if pool is not None:
+                    for job in jobs:
+                        job.result()
+                elif smoother:
+                    smoothed[t0 : t0 + k] = smoother(block, scale)
+                else:
+                    smoothed[t0 : t0 + k] = _to_float32(np.take(flat, ana_idx, axis=1), *scale)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return _RunData(smoothed, (tsnr.total, tsnr.total_sq), raw_brain)
 
 
@@ -1229,7 +1253,7 @@ class _TsnrSums:
 
 
 def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mask=None,
-                  progress=None) -> CleanedBold:
+                  progress=None, threads: int | None = None) -> CleanedBold:
     """Denoise one subject's BOLD run(s) and compute its QC.
 
     Each BOLD file is decompressed once; raw in-mask values feed tSNR (and DVARS when the
@@ -1248,6 +1272,9 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
         Lesion mask on the BOLD grid; its voxels are removed from the analysis mask.
     progress : callable, optional
         Called with a short message at each step (e.g. ``logger.info``).
+    threads : int, optional
+        Threads smoothing the volumes (scipy.ndimage releases the GIL; default 1). The BOLD
+        is always decompressed in one background thread.
 
     Returns
     -------
@@ -1281,7 +1308,7 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
     results, offset = [], 0
     for run, path, img, (table, meta), run_mask in zip(runs, bolds, images, tables, grid.run_masks):
         results.append(_clean_run(run, path, img, table, meta, run_mask, grid.brain, grid.analysis, opts,
-                                  files.tr, say))
+                                  files.tr, say, threads))
         results[-1].sample_mask += offset
         offset += img.shape[3]
     qc = _subject_qc(files, results, grid, opts, qopts)
@@ -1347,7 +1374,8 @@ class _RunResult:
 _SERIES = ("framewise_displacement", "dvars", "std_dvars")
 
 
-def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr, say) -> _RunResult:
+def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr, say,
+               threads=None) -> _RunResult:
     """Read, (complete the confounds of) and clean one run; unprocessable -> cleaned=None."""
     n_vol = img.shape[3]
     sources = {"fd_source": "confounds", "dvars_source": "confounds"}
@@ -1365,7 +1393,8 @@ def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr,
                   or bool(_na_after_first(table, "dvars") or _na_after_first(table, "std_dvars")))
     n_dummy = _dummy_count(table)
     say(f"reading {path.name}")
-    data = _read_bold(path, img, run_mask, brain, analysis, opts["smoothing_fwhm"], n_dummy, need_dvars)
+    data = _read_bold(path, img, run_mask, brain, analysis, opts["smoothing_fwhm"], n_dummy, need_dvars,
+                      threads)
     if need_dvars:
         table["dvars"], table["std_dvars"] = qcmod.dvars(data.raw_brain)
         sources["dvars_source"] = "msnet port of nipype ComputeDVARS"

@@ -653,3 +653,11 @@ def test_confound_selection_refuses_what_nilearn_refuses(tmp_path, drop, selecti
         except (KeyError, ValueError) as exc:
             outcomes.append(type(exc))
     assert outcomes[0] == outcomes[1]
+
+
+def test_smoothing_threads_give_the_same_values(tmp_path):
+    files = write_subject(tmp_path, fd_spikes=(20, 39), n=60)
+    one = clean_subject(files, {"scrub": None}, NO_QC)
+    three = clean_subject(files, {"scrub": None}, NO_QC, threads=3)
+    np.testing.assert_array_equal(one.data, three.data)
+    assert one.qc["tsnr_median"] == three.qc["tsnr_median"]
