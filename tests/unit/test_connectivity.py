@@ -437,7 +437,7 @@ def test_compute_subject_connectivity_wires_denoise(tmp_path, monkeypatch, mask8
         calls["find"] = (fmriprep_dir, participant_id, task, space, multi_run)
         return "FILES"
 
-    def clean_subject(files, options, qc_options, lesion_mask=None, progress=None):
+    def clean_subject(files, options, qc_options, lesion_mask=None, progress=None, threads=None):
         calls["clean"] = (files, options, qc_options, lesion_mask)
         progress("cleaning")
         return fake_cleaned(mask8, planted(signals, tmpl, seed=10))
