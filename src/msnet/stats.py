@@ -10,19 +10,28 @@ One place for the linear-model machinery every stage uses:
 * :func:`hedges_g` – two-group standardised mean difference and its variance;
 * :func:`fdr_bh`, :func:`confidence_interval`;
 * :func:`mixedlm` – a thin wrapper around statsmodels ``MixedLM`` (study random intercept);
-* :func:`permuted_glm` – permutation inference (voxel max-t FWE, cluster-size FWE, TFCE)
-  with Freedman–Lane permutations, batched into matrix products;
+* :func:`permuted_glm` – permutation inference (voxel max-t FWE, cluster-size and
+  cluster-mass FWE, TFCE) with Freedman–Lane permutations, batched into matrix products;
 * :func:`inference_maps`, :func:`cluster_table` – maps and cluster tables from its result.
 
 Why our own permutation engine rather than :func:`nilearn.mass_univariate.permuted_ols`:
-nilearn computes one permutation at a time (about 0.8 s per permutation at N=1000 on a full
-brain, 3–4 s with TFCE), which makes 5,000 permutations per network and variable an hour-long
-job. The statistic here is exactly nilearn's (Freedman & Lane 1983: the tested regressor and
-the orthonormalised confounds are permuted jointly against the confound-residualised data,
-which is algebraically the same as permuting the residuals of the reduced model and refitting
-the full model), but the permutations are evaluated in batches of matrix products, which is
-one to two orders of magnitude faster (``benchmarks/bench_permutation.py``). The unit tests
-check it against a brute-force Freedman–Lane refit and against ``permuted_ols``.
+nilearn computes one permutation at a time in float64 (all 29 columns of a pooled design
+with 25 study indicators) and labels the whole grid 2 x 100 times per permutation for TFCE.
+The statistic here is exactly nilearn's (Freedman & Lane 1983: the tested regressor and the
+orthonormalised confounds are permuted jointly against the confound-residualised data, which
+is algebraically the same as permuting the residuals of the reduced model and refitting the
+full model), but batches of permutations share one float32 matrix product, the study
+indicators are summed by a compiled scatter-add instead of one product row each, and the
+null maxima of cluster size/mass and TFCE come from compiled union-find passes
+(:mod:`msnet._permkernels`). Measured side by side, one thread each, on the 4 mm brain
+(29,398 voxels) by ``benchmarks/bench_permutation.py`` (two runs on a shared 2-core machine):
+at N=2,410, 53–61 ms per permutation for voxel max-t against nilearn's 939–1,010 ms
+(17–18x), 57–84 against 1,589–2,146 ms for cluster size and mass (26–28x), 64–76 against
+3,734–6,608 ms for TFCE (58–87x: 5,000 permutations in 5.4–6.5 min instead of 5.2–9.2 h);
+at N=1000, 12–16x, 32–70x and 73–99x. The unit tests check it against a brute-force
+Freedman–Lane refit and against ``permuted_ols`` (observed t, TFCE and cluster maps equal;
+null distributions within Monte-Carlo error).
+
 Permutations can be restricted to exchangeability blocks (the group and clinical stages
 permute within study by default, ``permute_within_study``: valid when residual variances
 differ between sites, and cheaper, see :func:`permuted_glm`), which nilearn does not offer.
@@ -724,8 +733,8 @@ class VoxelGrid:
 
         The same quantities as :meth:`clusters` and ``abs(tfce(t)).max()`` (equal to
         floating-point rounding), computed by compiled union-find passes
-        (:mod:`msnet._permkernels`) in about a millisecond per map: only the maximum TFCE is
-        needed for the FWE null, and it is reached at the peak of a component.
+        (:mod:`msnet._permkernels`) instead of labelling the grid at every TFCE step: only the
+        maximum TFCE is needed for the FWE null, and it is reached at the peak of a component.
 
         Parameters
         ----------
@@ -804,7 +813,8 @@ def _orthonormal_basis(Z: np.ndarray, tol: float | None = None) -> np.ndarray:
 
 
 GROUP_SUMS_MIN = 6
-"""Fewest permuted indicator groups for which scatter-add sums beat dense matrix rows."""
+"""Fewest permuted indicator groups summed by the scatter-add; fewer stay dense product rows
+(a few rows cost less than one pass over the data; not benchmarked, results are the same)."""
 
 
 def _in_span(Q: np.ndarray, B: np.ndarray) -> bool:
@@ -983,7 +993,7 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
     of B permutations costs one ``(B (q+1), n) @ (n, V)`` product in float32, where the study
     indicators among the confounds do not count in ``q``: their part of ``||(P'Q)' E||^2`` is
     a sum of E over the subjects each permutation puts in each study (a compiled scatter-add
-    costing about four rows whatever the number of studies), and it is 0 under within-study
+    whose cost does not grow with the number of studies), and it is 0 under within-study
     permutations. Voxel-level FWE uses the maximum |t| (or max t when one-sided) over voxels
     per permutation; cluster-level FWE the maximum cluster size and mass (clusters of
     t > thr and of t < -thr formed separately, the null maximum taken over both signs); TFCE
