@@ -366,3 +366,13 @@ def test_cli_validate_reports_every_problem_at_once(tmp_path, capsys):
     with pytest.raises(MsnetInputError) as info:  # the workflow's check lists them all too
         load_config(config)
     assert all(k in str(info.value) for k in ("simulate.tr", "meta.alpha", "low_pass"))
+
+
+def test_yaml_merge_keys_may_override(tmp_path):
+    """`<<: *anchor` then an explicit key is an override, not a duplicate."""
+    path = tmp_path / "c.yaml"
+    path.write_text("x: &perm\n  n_permutations: 10\n  alpha: 0.05\n"
+                    "group:\n  <<: *perm\n  n_permutations: 20\n")
+    from msnet.config import read_config_file
+
+    assert read_config_file(path)["group"] == {"n_permutations": 20, "alpha": 0.05}
