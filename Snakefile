@@ -18,14 +18,20 @@ from msnet.errors import MsnetInputError
 from msnet.io.plan import build_plan
 
 try:
-    for _path in workflow.configfiles:  # keys given twice, as `msnet validate` refuses them
+    # keys given twice are refused, as `msnet validate` refuses them
+    for _path in workflow.configfiles:
         read_config_file(_path)
-    config.update(validate_config(config, source="config (config.yaml + --config overrides)"))
+    config.update(
+        validate_config(config, source="config (config.yaml + --config overrides)")
+    )
     # Real data: every subject's file headers are checked here, in parallel, before any job
     # (msnet.io.preflight); subjects unchanged since they passed are cached in .snakemake/.
     # A job that re-parses this file in its own process (SLURM) skips it: checked already.
-    PLAN = build_plan(config, preflight=workflow.is_main_process,
-                      cache=".snakemake/msnet/preflight_passed.json")
+    PLAN = build_plan(
+        config,
+        preflight=workflow.is_main_process,
+        cache=".snakemake/msnet/preflight_passed.json",
+    )
 except MsnetInputError as exc:
     raise WorkflowError(f"msnet: invalid input.\n{exc}") from None
 
@@ -44,12 +50,20 @@ include: "workflow/rules/report.smk"
 
 # Bookkeeping rules (well under a second of work each) run on the submitting host, not as
 # cluster jobs: each SLURM job costs seconds of start-up and a scheduling round.
-localrules: all, meta_vs_mega, record_excluded_inputs, summarise_study_qc
+localrules:
+    all,
+    meta_vs_mega,
+    record_excluded_inputs,
+    summarise_study_qc,
+
+
 if SIMULATE:
-    localrules: simulate
+
+    localrules:
+        simulate,
 
 
 rule all:
+    default_target: True
     input:
         ALL_TARGETS,
-    default_target: True

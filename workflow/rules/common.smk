@@ -3,7 +3,12 @@
 from pathlib import Path
 
 import msnet
-from msnet.io.plan import simulated_dataset_dir, study_qc_table, subject_chunks, subject_outputs
+from msnet.io.plan import (
+    simulated_dataset_dir,
+    study_qc_table,
+    subject_chunks,
+    subject_outputs,
+)
 from msnet.resources import rule_resource, workload
 
 R = config["results_dir"]
@@ -14,6 +19,7 @@ STUDY_ROWS = PLAN.studies.set_index("study_id", drop=False).to_dict("index")
 SIMULATE = config["data"]["mode"] == "simulate"
 WORKLOAD = workload(config, PLAN)
 ALL_TARGETS = []
+CONDA_ENV = "../envs/msnet.yaml"  # every rule's environment for `--sdm conda`
 
 
 def resources_for(rule_name, key, n_subjects=None):
@@ -79,8 +85,10 @@ def qc_tables(study=None):
 
 def study_maps(stat, net):
     """Study -> its voxelwise group map of one statistic and network."""
-    return {s: f"{GROUP_DIR}/study-{s}/study-{s}_network-{net}_stat-{stat}_map.nii.gz"
-            for s in STUDIES}
+    return {
+        s: f"{GROUP_DIR}/study-{s}/study-{s}_network-{net}_stat-{stat}_map.nii.gz"
+        for s in STUDIES
+    }
 
 
 # --------------------------------------------------------------------------- subject stage
@@ -116,7 +124,9 @@ def subject_job(row):
 def subject_input_files(rows):
     """The subjects' fMRIPrep files; for the demo, the simulated study's participants.tsv."""
     if SIMULATE:
-        return sorted({f"{SIM_DIR}/study-{row['study_id']}/participants.tsv" for row in rows})
+        return sorted(
+            {f"{SIM_DIR}/study-{row['study_id']}/participants.tsv" for row in rows}
+        )
     files = []
     for row in rows:
         files += row["bold"] + row["mask"] + row["confounds"]
@@ -134,4 +144,5 @@ def output_files(subjects):
     paths = [s["out_paths"] for s in subjects]
     rest = [v for p in paths for k, v in p.items() if k != "qc"]
     return [p["qc"] for p in paths] + [
-        f for v in rest for f in (v.values() if isinstance(v, dict) else [v])]
+        f for v in rest for f in (v.values() if isinstance(v, dict) else [v])
+    ]

@@ -1,23 +1,26 @@
 """Stage 3: MS vs HC per study and pooled (network level and voxelwise)."""
 
+
 rule make_network_masks:
     input:
         qc_tables=qc_tables(),
     output:
         masks=expand(MASK_PATTERN, net=NETWORKS),
+    log:
+        f"{R}/logs/make_network_masks.log",
+    benchmark:
+        f"{R}/benchmarks/make_network_masks.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("make_network_masks", "mem_mb"),
+        runtime=lambda wc: resources_for("make_network_masks", "runtime"),
     params:
         qc=subject_files("qc"),
         maps=subject_maps(),
         options=GROUP_OPTIONS,
         out_dir=output_folder("masks"),
-    log:
-        f"{R}/logs/make_network_masks.log",
-    benchmark:
-        f"{R}/benchmarks/make_network_masks.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wc: resources_for("make_network_masks", "mem_mb"),
-        runtime=lambda wc: resources_for("make_network_masks", "runtime"),
     script:
         "../../scripts/make_network_masks.py"
 
@@ -30,8 +33,24 @@ rule compare_groups_study:
     output:
         table=f"{GROUP_DIR}/study-{{study}}/study-{{study}}_desc-MSvsHC_networks.tsv",
         exclusions=f"{GROUP_DIR}/study-{{study}}/study-{{study}}_desc-exclusions.tsv",
-        g=expand(f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-g_map.nii.gz", net=NETWORKS),
-        varg=expand(f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-varg_map.nii.gz", net=NETWORKS),
+        g=expand(
+            f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-g_map.nii.gz",
+            net=NETWORKS,
+        ),
+        varg=expand(
+            f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-varg_map.nii.gz",
+            net=NETWORKS,
+        ),
+    log:
+        f"{R}/logs/compare_groups_study/study-{{study}}.log",
+    benchmark:
+        f"{R}/benchmarks/compare_groups_study/study-{{study}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("compare_groups_study", "mem_mb"),
+        runtime=lambda wc: resources_for("compare_groups_study", "runtime"),
     params:
         qc=lambda wc: subject_files("qc", wc.study),
         networks=lambda wc: subject_files("networks", wc.study),
@@ -39,19 +58,12 @@ rule compare_groups_study:
         masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
         options=GROUP_OPTIONS,
         out_dir=output_folder("table"),
-    log:
-        f"{R}/logs/compare_groups_study/study-{{study}}.log",
-    benchmark:
-        f"{R}/benchmarks/compare_groups_study/study-{{study}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wc: resources_for("compare_groups_study", "mem_mb"),
-        runtime=lambda wc: resources_for("compare_groups_study", "runtime"),
     script:
         "../../scripts/compare_groups_study.py"
 
 
 POOLED_DIR = f"{GROUP_DIR}/pooled"
+
 
 rule compare_groups_pooled:
     input:
@@ -62,8 +74,23 @@ rule compare_groups_pooled:
         table=f"{POOLED_DIR}/pooled_desc-MSvsHC_networks.tsv",
         exclusions=f"{POOLED_DIR}/pooled_desc-exclusions.tsv",
         t=expand(f"{POOLED_DIR}/pooled_network-{{net}}_stat-t_map.nii.gz", net=NETWORKS),
-        logpfwe=expand(f"{POOLED_DIR}/pooled_network-{{net}}_stat-logpfwe_map.nii.gz", net=NETWORKS),
-        clusters=expand(f"{POOLED_DIR}/pooled_network-{{net}}_clusters.tsv", net=NETWORKS),
+        logpfwe=expand(
+            f"{POOLED_DIR}/pooled_network-{{net}}_stat-logpfwe_map.nii.gz",
+            net=NETWORKS,
+        ),
+        clusters=expand(
+            f"{POOLED_DIR}/pooled_network-{{net}}_clusters.tsv", net=NETWORKS
+        ),
+    log:
+        f"{R}/logs/compare_groups_pooled.log",
+    benchmark:
+        f"{R}/benchmarks/compare_groups_pooled.tsv"
+    conda:
+        CONDA_ENV
+    threads: lambda wc: resources_for("compare_groups_pooled", "threads")
+    resources:
+        mem_mb=lambda wc: resources_for("compare_groups_pooled", "mem_mb"),
+        runtime=lambda wc: resources_for("compare_groups_pooled", "runtime"),
     params:
         participants=lambda wc: {s: participants_tsv(s) for s in STUDIES},
         qc=subject_files("qc"),
@@ -72,14 +99,6 @@ rule compare_groups_pooled:
         masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
         options=GROUP_OPTIONS,
         out_dir=output_folder("table"),
-    log:
-        f"{R}/logs/compare_groups_pooled.log",
-    benchmark:
-        f"{R}/benchmarks/compare_groups_pooled.tsv"
-    threads: lambda wc: resources_for("compare_groups_pooled", "threads")
-    resources:
-        mem_mb=lambda wc: resources_for("compare_groups_pooled", "mem_mb"),
-        runtime=lambda wc: resources_for("compare_groups_pooled", "runtime"),
     script:
         "../../scripts/compare_groups_pooled.py"
 

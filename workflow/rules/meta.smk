@@ -1,5 +1,6 @@
 """Stage 5: random-effects meta-analysis across studies, meta-regression, meta vs mega."""
 
+
 rule meta_networks:
     input:
         tables=expand(rules.compare_groups_study.output.table, study=STUDIES),
@@ -8,19 +9,25 @@ rule meta_networks:
         tables=expand(f"{META_DIR}/meta_desc-{{name}}_stats.tsv", name=META_TABLES),
         moderators=f"{META_DIR}/meta_desc-studies_moderators.tsv",
         forest=f"{META_DIR}/meta_desc-forest_data.tsv",
-    params:
-        tables=dict(zip(STUDIES, expand(rules.compare_groups_study.output.table, study=STUDIES))),
-        participants={s: participants_tsv(s) for s in STUDIES},
-        options=META_OPTIONS,
-        out_dir=output_folder("moderators"),
     log:
         f"{R}/logs/meta_networks.log",
     benchmark:
         f"{R}/benchmarks/meta_networks.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=lambda wc: resources_for("meta_networks", "mem_mb"),
         runtime=lambda wc: resources_for("meta_networks", "runtime"),
+    params:
+        tables=dict(
+            zip(
+                STUDIES, expand(rules.compare_groups_study.output.table, study=STUDIES)
+            )
+        ),
+        participants={s: participants_tsv(s) for s in STUDIES},
+        options=META_OPTIONS,
+        out_dir=output_folder("moderators"),
     script:
         "../../scripts/meta_networks.py"
 
@@ -32,22 +39,26 @@ rule meta_voxelwise:
         mask=MASK_PATTERN,
         moderators=rules.meta_networks.output.moderators,
     output:
-        maps=expand(f"{META_DIR}/meta_network-{{{{net}}}}_stat-{{stat}}_map.nii.gz",
-                    stat=["g", "z", "logp_fwe", "fdr_q", "i2", "tau2"]),
+        maps=expand(
+            f"{META_DIR}/meta_network-{{{{net}}}}_stat-{{stat}}_map.nii.gz",
+            stat=["g", "z", "logp_fwe", "fdr_q", "i2", "tau2"],
+        ),
         clusters=f"{META_DIR}/meta_network-{{net}}_clusters.tsv",
+    log:
+        f"{R}/logs/meta_voxelwise/network-{{net}}.log",
+    benchmark:
+        f"{R}/benchmarks/meta_voxelwise/network-{{net}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wc: resources_for("meta_voxelwise", "mem_mb"),
+        runtime=lambda wc: resources_for("meta_voxelwise", "runtime"),
     params:
         g=lambda wc: study_maps("g", wc.net),
         varg=lambda wc: study_maps("varg", wc.net),
         options=META_OPTIONS,
         out_dir=output_folder("clusters"),
-    log:
-        f"{R}/logs/meta_voxelwise/network-{{net}}.log",
-    benchmark:
-        f"{R}/benchmarks/meta_voxelwise/network-{{net}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wc: resources_for("meta_voxelwise", "mem_mb"),
-        runtime=lambda wc: resources_for("meta_voxelwise", "runtime"),
     script:
         "../../scripts/meta_voxelwise.py"
 
@@ -58,16 +69,18 @@ rule meta_vs_mega:
         mega=rules.compare_groups_pooled.output.table,
     output:
         table=f"{META_DIR}/meta_desc-metavsmega_stats.tsv",
-    params:
-        alpha=config["meta"]["alpha"],
     log:
         f"{R}/logs/meta_vs_mega.log",
     benchmark:
         f"{R}/benchmarks/meta_vs_mega.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=lambda wc: resources_for("meta_vs_mega", "mem_mb"),
         runtime=lambda wc: resources_for("meta_vs_mega", "runtime"),
+    params:
+        alpha=config["meta"]["alpha"],
     script:
         "../../scripts/meta_vs_mega.py"
 

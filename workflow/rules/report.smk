@@ -20,24 +20,31 @@ CAPTIONS = {
     "bubble": ("bubble.rst", "Meta-regression"),
     "clinical_scatter": ("clinical_scatter.rst", "Clinical associations"),
 }
-# (`report` must not start a line here: the Snakemake parser would read it as a directive)
-REPORT_FIGURES = [report(path, caption=f"../report/{CAPTIONS[kind][0]}",
-                         category=CAPTIONS[kind][1])
-                  for kind, paths in figure_paths(FIGURES_DIR, NETWORKS, "png").items()
-                  for path in paths]
+# Snakemake's report() flag under another name: a line starting with `report` is read as the
+# workflow's `report:` directive (by Snakemake and snakefmt)
+FOR_REPORT = report
+REPORT_FIGURES = [
+    FOR_REPORT(
+        path, caption=f"../report/{CAPTIONS[kind][0]}", category=CAPTIONS[kind][1]
+    )
+    for kind, paths in figure_paths(FIGURES_DIR, NETWORKS, "png").items()
+    for path in paths
+]
 
 
 rule record_excluded_inputs:
     output:
         table=f"{R}/excluded_inputs.tsv",
-    params:
-        records=PLAN.excluded.to_dict("records"),
     log:
         f"{R}/logs/record_excluded_inputs.log",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=200,
         runtime=2,
+    params:
+        records=PLAN.excluded.to_dict("records"),
     script:
         "../../scripts/record_excluded_inputs.py"
 
@@ -47,22 +54,31 @@ rule build_report:
         input_files(REPORT_INPUTS),
     output:
         html=f"{R}/report.html",
-        comparison=report(f"{R}/report_desc-published_comparison.tsv",
-                          caption="../report/published_comparison.rst", category="Findings"),
+        comparison=report(
+            f"{R}/report_desc-published_comparison.tsv",
+            caption="../report/published_comparison.rst",
+            category="Findings",
+        ),
         citations=f"{R}/citations.bib",
         figures=REPORT_FIGURES,
-        svg=[p for paths in figure_paths(FIGURES_DIR, NETWORKS, "svg").values() for p in paths],
-    params:
-        inputs=REPORT_INPUTS,
-        figures_dir=output_folder("figures"),
+        svg=[
+            p
+            for paths in figure_paths(FIGURES_DIR, NETWORKS, "svg").values()
+            for p in paths
+        ],
     log:
         f"{R}/logs/build_report.log",
     benchmark:
         f"{R}/benchmarks/build_report.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=lambda wc: resources_for("build_report", "mem_mb"),
         runtime=lambda wc: resources_for("build_report", "runtime"),
+    params:
+        inputs=REPORT_INPUTS,
+        figures_dir=output_folder("figures"),
     script:
         "../../scripts/build_report.py"
 

@@ -9,18 +9,20 @@ if SIMULATE:
     rule simulate_study:
         output:
             participants=f"{SIM_DIR}/study-{{study}}/participants.tsv",
-        params:
-            sim=config["simulate"],
-            seed=config["seed"],
-            out_dir=output_folder("participants", up=2),
         log:
             f"{R}/logs/simulate_study/study-{{study}}.log",
         benchmark:
             f"{R}/benchmarks/simulate_study/study-{{study}}.tsv"
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=lambda wc: resources_for("simulate_study", "mem_mb"),
             runtime=lambda wc: resources_for("simulate_study", "runtime"),
+        params:
+            sim=config["simulate"],
+            seed=config["seed"],
+            out_dir=output_folder("participants", up=2),
         script:
             "../../scripts/simulate_study.py"
 
@@ -30,18 +32,20 @@ if SIMULATE:
         output:
             studies=f"{SIM_DIR}/studies.tsv",
             truth=f"{SIM_DIR}/ground_truth.json",
-        params:
-            sim=config["simulate"],
-            seed=config["seed"],
-            out_dir=output_folder("studies"),
         log:
             f"{R}/logs/simulate.log",
         benchmark:
             f"{R}/benchmarks/simulate.tsv"
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=lambda wc: resources_for("simulate", "mem_mb"),
             runtime=lambda wc: resources_for("simulate", "runtime"),
+        params:
+            sim=config["simulate"],
+            seed=config["seed"],
+            out_dir=output_folder("studies"),
         script:
             "../../scripts/simulate.py"
 

@@ -2,7 +2,9 @@
 
 # One rule per job: a job's outputs are its subjects' files, and Snakemake needs the same
 # number of outputs for every job of a wildcard rule, which chunks of unequal size are not.
-for CHUNK, CHUNK_ROWS in subject_chunks(PLAN.subjects, config["resources"]["subjects_per_job"]):
+for CHUNK, CHUNK_ROWS in subject_chunks(
+    PLAN.subjects, config["resources"]["subjects_per_job"]
+):
     CHUNK_SUBJECTS = [subject_job(row) for row in CHUNK_ROWS]
 
     rule:
@@ -12,17 +14,21 @@ for CHUNK, CHUNK_ROWS in subject_chunks(PLAN.subjects, config["resources"]["subj
             subject_input_files(CHUNK_ROWS),
         output:
             output_files(CHUNK_SUBJECTS),
-        params:
-            subjects=CHUNK_SUBJECTS,
-            options=SUBJECT_OPTIONS,
         log:
             f"{R}/logs/compute_subject_connectivity/chunk-{CHUNK}.log",
         benchmark:
             f"{R}/benchmarks/compute_subject_connectivity/chunk-{CHUNK}.tsv"
+        conda:
+            CONDA_ENV
         threads: resources_for("compute_subject_connectivity", "threads")
         resources:
             mem_mb=resources_for("compute_subject_connectivity", "mem_mb"),
-            runtime=resources_for("compute_subject_connectivity", "runtime", len(CHUNK_ROWS)),
+            runtime=resources_for(
+                "compute_subject_connectivity", "runtime", len(CHUNK_ROWS)
+            ),
+        params:
+            subjects=CHUNK_SUBJECTS,
+            options=SUBJECT_OPTIONS,
         script:
             "../../scripts/compute_subject_connectivity.py"
 
@@ -40,6 +46,8 @@ rule summarise_study_qc:
         f"{R}/logs/summarise_study_qc/study-{{study}}.log",
     benchmark:
         f"{R}/benchmarks/summarise_study_qc/study-{{study}}.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=lambda wc: resources_for("summarise_study_qc", "mem_mb"),
