@@ -135,10 +135,14 @@ def job_stats(log_text) -> dict:
 
 
 def local_rules() -> set:
-    """Rule names of the Snakefile's `localrules:` lines."""
+    """Rule names of the Snakefile's `localrules:` directives, on one line (`localrules: a,
+    b`) or one name per indented line below (snakefmt's layout)."""
     text = (REPO / "Snakefile").read_text()
-    return {name.strip() for line in re.findall(r"^\s*localrules:\s*(.+)$", text, flags=re.M)
-            for name in line.split(",")}
+    names = set()
+    directive = r"^([ \t]*)localrules:[ \t]*(.*)\n((?:\1[ \t]+\w+[ \t]*,?[ \t]*\n)*)"
+    for found in re.finditer(directive, text, flags=re.M):
+        names |= set(re.findall(r"\w+", found.group(2) + " " + found.group(3)))
+    return names
 
 
 def sacct_jobs(run_id, since) -> dict:
