@@ -319,6 +319,7 @@ HEAD, ROW, NA_ROW = "\t".join(MOTION), "\t".join(["0.1"] * 6), "\t".join(["n/a"]
     f"{HEAD}\n{ROW}\n{ROW}",  # no final newline
     f"{HEAD}\r\n{ROW}\r\n{ROW}\r\n",  # Windows line ends
     f"{HEAD}\n{ROW}\n\n{ROW}\n\n\n",  # blank lines
+    f"\n{HEAD}\r\n{ROW}\r\n\r\n{ROW}\r\n{ROW}",  # blank lines, Windows line ends
     f"{HEAD}\n{NA_ROW}\n{ROW}\n{NA_ROW}\n",
 ])
 def test_header_row_count_equals_the_table_reader(tmp_path, text):
