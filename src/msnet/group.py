@@ -153,8 +153,9 @@ def load_subjects(participants_tsvs: dict, qc_jsons, networks_tsvs=(), maps=None
     subjects : pandas.DataFrame
         ``study_id, participant_id, group``, every participants.tsv column, numeric QC keys
         (``mean_fd`` ...), ``include`` (QC decision, also False when the participant is not in
-        participants.tsv), one column per metric of :func:`analysis_metrics`, and
-        ``map_{net}`` paths.
+        participants.tsv), ``stage2_units`` (the subject stage's
+        ``connectivity.stage2_units``, None if not recorded), one column per metric of
+        :func:`analysis_metrics`, and ``map_{net}`` paths.
     exclusions : list of dict
         Subjects left out at this stage (QC, not in participants.tsv, no subject outputs).
     """
@@ -182,6 +183,8 @@ def load_subjects(participants_tsvs: dict, qc_jsons, networks_tsvs=(), maps=None
         row = {"study_id": study, "participant_id": pid, "include": bool(qc.get("include"))}
         row.update({k: v for k, v in qc.items() if isinstance(v, (int, float))
                     and not isinstance(v, bool) and k not in row})
+        conn = qc.get("connectivity")
+        row["stage2_units"] = conn.get("stage2_units") if isinstance(conn, dict) else None
         if match.empty:
             row.update(include=False, group=NA)
             exclusions.append(exclusion_record(study, pid, NA, "subject", "all",
@@ -210,6 +213,30 @@ def load_subjects(participants_tsvs: dict, qc_jsons, networks_tsvs=(), maps=None
         if m not in subjects:
             subjects[m] = np.nan
     return subjects, exclusions
+
+
+STANDARDIZED_WARNING = (
+    "the stage-2 maps are in standardized units (connectivity.stage2_units: standardized): "
+    "partial standardised coefficients fall as voxel noise rises at a fixed network amplitude, "
+    "so they mix connectivity with temporal SNR, and an MS-vs-HC difference in noise or motion "
+    "appears as a connectivity difference. Use connectivity.stage2_units: psc for group "
+    "comparisons.")
+"""Warning of :func:`warn_standardized_units`."""
+
+
+def warn_standardized_units(subjects: pd.DataFrame) -> bool:
+    """Warn (log and ``UserWarning``) when any subject's maps are in standardized units.
+
+    Returns True when it warned.
+    """
+    import warnings
+
+    units = subjects.get("stage2_units")
+    if units is None or not (units == "standardized").any():
+        return False
+    LOG.warning("MS vs HC: %s", STANDARDIZED_WARNING)
+    warnings.warn(f"MS vs HC: {STANDARDIZED_WARNING}", UserWarning, stacklevel=2)
+    return True
 
 
 def _need(index: dict, key, what: str) -> str:
@@ -825,6 +852,7 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
     subjects, records = load_subjects({study_id: participants_tsv}, qc_jsons, networks_tsvs,
                                       maps)
     included = subjects[subjects["include"]]
+    warn_standardized_units(included)
     table, rec = study_group_effects(included, opts["covariates"], opts["min_per_group"],
                                      level, study_id, opts["min_residual_df"],
                                      check_effect_size(opts["effect_size"]))
@@ -902,6 +930,7 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
     out_dir = Path(out_dir)
     subjects, records = load_subjects(participants_tsvs, qc_jsons, networks_tsvs, maps)
     included = subjects[subjects["include"]]
+    warn_standardized_units(included)
     table, rec = pooled_group_effects(included, opts["covariates"], opts["min_per_group"],
                                       level)
     records += rec

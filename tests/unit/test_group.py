@@ -382,6 +382,29 @@ def test_compare_groups_study_writes_outputs(tmp_path):
     assert pd.read_csv(out["exclusions"], sep="\t").empty
 
 
+def test_group_comparison_on_standardized_maps_warns(tmp_path):
+    """Issue 11 §4: standardized stage-2 units mix connectivity with tSNR; comparing groups on
+    them is warned about (psc, or no record, is not)."""
+    rng = np.random.default_rng(4)
+    s = write_study(tmp_path, "A", 4, 4, rng)
+    masks = write_masks(tmp_path)
+    for path in s["qc"]:
+        set_qc(path, connectivity={"stage2_units": "psc"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"],
+                                   masks, "A", tmp_path / "psc", OPTS)
+    for path in s["qc"]:
+        set_qc(path, connectivity={"stage2_units": "standardized"})
+    with pytest.warns(UserWarning, match="temporal SNR"):
+        group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"],
+                                   masks, "A", tmp_path / "std", OPTS)
+    with pytest.warns(UserWarning, match="stage2_units: standardized"):
+        group.compare_groups_pooled({"A": s["participants"]}, s["qc"], s["networks"],
+                                    s["maps"], masks, tmp_path / "pooled",
+                                    {**OPTS, "n_permutations": 0})
+
+
 def test_degenerate_inputs_become_recorded_exclusions(tmp_path):
     rng = np.random.default_rng(5)
     s = write_study(tmp_path, "B", 6, 3, rng)
@@ -547,3 +570,11 @@ def test_report_flags_pooled_mixed_models_that_did_not_converge(tmp_path):
     write_tsv(table.assign(converged=True), tmp_path / "pooled.tsv")
     assert _Report({}, {"pooled_table": str(tmp_path / "pooled.tsv")}, tmp_path,
                    tmp_path).unconverged("pooled_table") == ""
+
+
+def test_methods_text_says_standardized_units_mix_connectivity_with_tsnr():
+    from msnet.report import methods_text
+
+    phrase = "mix connectivity with temporal SNR"
+    assert phrase in methods_text({"connectivity": {"stage2_units": "standardized"}}, {})
+    assert phrase not in methods_text({}, {})
