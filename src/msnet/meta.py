@@ -1615,7 +1615,10 @@ def meta_vs_mega(meta_table, mega_table, out_path, alpha=0.05) -> pd.DataFrame:
 
     Both sides are compared on the Hedges g scale: the mega-analysis ``g`` (with
     ``g_ci_low``/``g_ci_high``, as :mod:`msnet.group` writes it) is preferred; a table
-    without ``g`` may give ``estimate`` with ``ci_low``/``ci_high``.
+    without ``g`` may give ``estimate`` with ``ci_low``/``ci_high``. With the group stage's
+    default ``effect_size: beta`` both are ``J β / σ_res`` (covariate-adjusted difference over
+    the residual SD), so they estimate the same quantity; with ``effect_size: t`` the
+    per-study g shrink by ``sqrt(1 - R²)`` when the groups differ in a covariate.
 
     Parameters
     ----------
