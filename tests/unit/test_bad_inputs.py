@@ -235,6 +235,18 @@ def _damaged_affine(ds):
     ds.path(BOLD).write_bytes(gzip.compress(bytes(raw)))
 
 
+def _patched_dims(dims):
+    """A BOLD whose header's dim field is rewritten (as a damaged copy would have it)."""
+    def mutate(ds):
+        import gzip
+        import struct
+
+        raw = bytearray(gzip.decompress(ds.path(BOLD).read_bytes()))
+        struct.pack_into("<8h", raw, 40, len(dims), *dims, *([1] * (7 - len(dims))))
+        ds.path(BOLD).write_bytes(gzip.compress(bytes(raw)))
+    return mutate
+
+
 def _sidecar(text):
     return lambda ds: ds.path(SIDECAR).write_text(text)
 
@@ -399,6 +411,10 @@ CASES = [
     Case("file-bold-garbage", "file", _replace_file(BOLD, b"this is not a nifti file" * 20), [BOLD, "NIfTI"]),
     Case("file-bold-zero-bytes", "file", _replace_file(BOLD, b""), [BOLD]),
     Case("file-bold-affine-nan", "file", _damaged_affine, [BOLD, "affine"]),
+    Case("file-bold-negative-dim", "file", _patched_dims((-16, 18, 16, N_VOLUMES)), [BOLD, "4-D"]),
+    Case("file-bold-header-larger-than-data", "file",  # the confounds table has as many rows
+         lambda ds: _patched_dims((16, 18, 16, 2 * N_VOLUMES))(ds) or _rows(2 * N_VOLUMES)(ds),
+         [BOLD, "truncated"]),
     Case("file-sidecar-tr-contradicts", "file", _sidecar('{"RepetitionTime": 2.5}'), [SIDECAR, "Contradictory repetition time"]),
     Case("file-sidecar-invalid-json", "file", _sidecar("{RepetitionTime: 2"), [SIDECAR, "JSON"]),
     Case("file-sidecar-tr-text", "file", _sidecar('{"RepetitionTime": "2s"}'), [SIDECAR, "positive number"]),

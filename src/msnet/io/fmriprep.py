@@ -342,7 +342,7 @@ def open_bold(path):
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise MsnetInputError(f"{path}: expected a NIfTI image, got {type(img).__name__}.")
     shape = img.shape
-    if len(shape) != 4 or shape[3] < 2:
+    if len(shape) != 4 or shape[3] < 2 or min(shape) < 1:
         raise MsnetInputError(
             f"{path} has shape {shape}: a BOLD run must be a 4-D time series with at least two "
             "volumes. Use fMRIPrep's desc-preproc_bold output."
