@@ -142,13 +142,21 @@ def clinical_effects(subjects: pd.DataFrame, variables, covariates, pooled: bool
 
 
 def _unfit(design: st.Design, min_subjects: int) -> str | None:
+    """Why a model cannot be estimated, or None.
+
+    The residual degrees of freedom count one parameter per study beyond the first (the
+    study intercepts, fixed or random): a pooled MixedLM that only fits because the random
+    intercepts absorb the residuals gives absurd z values (seen: p 1e-100 with 6 subjects).
+    """
     n, p = design.X.shape
+    extra = max(len(set(design.studies)) - 1, 0) if design.studies is not None else 0
     if n < min_subjects:
         return f"fewer than {min_subjects} subjects ({n})"
     if design.problem:
         return design.problem
-    if n - p < 1:
-        return f"no residual degrees of freedom (n {n}, {p} parameters)"
+    if n - p - extra < 1:
+        return (f"no residual degrees of freedom (n {n}, {p} parameters"
+                + (f" and {extra} study intercepts)" if extra else ")"))
     return None
 
 

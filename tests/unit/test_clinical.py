@@ -183,3 +183,18 @@ def test_clinical_voxelwise_leaves_out_voxels_without_signal(tmp_path):
     excl = pd.read_csv(out["exclusions"], sep="\t", keep_default_na=False)
     assert ((excl.level == "voxels") & excl.scope.str.startswith("map:SMN")
             & excl.reason.str.contains("sub-A01")).any()
+
+
+def test_pooled_model_without_residual_df_beyond_study_intercepts_is_not_fitted():
+    """Two MS per study in three studies: a MixedLM would 'fit' through its random
+    intercepts and give absurd z values; the model is reported as not estimable."""
+    rng = np.random.default_rng(3)
+    table, _ = clinical.clinical_effects(ms_frame(rng, n=2), VARS, ["age", "sex"],
+                                         pooled=True, min_subjects=5)
+    assert (table["status"] == "excluded").all()
+    assert table["reason"].str.contains("study intercepts").all()
+    assert table["p"].isna().all()
+    # with 10 per study the same model is estimated
+    ok, _ = clinical.clinical_effects(ms_frame(rng, n=10), VARS, ["age", "sex"], pooled=True,
+                                      min_subjects=5)
+    assert (ok["status"] == "ok").all()
