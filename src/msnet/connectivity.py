@@ -1049,7 +1049,7 @@ def compute_subject_connectivity(
                 f"multi_run is {multi_run!r} but denoise options say "
                 f"{denoise_options['multi_run']!r}; set one value."
             )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         logger.info("%s: finding files in %s", participant_id, fmriprep_dir)
         files = find_subject_files(fmriprep_dir, participant_id, task, space, multi_run)
         cleaned = clean_subject(files, denoise_options, qc_options or {}, lesion_mask=lesion_mask,
@@ -1061,7 +1061,8 @@ def compute_subject_connectivity(
             result.qc["study_id"] = study_id
         result.qc.setdefault("participant_id", participant_id)
         write_subject_outputs(result, out_paths)
-        logger.info("%s: done (%.1f s)", participant_id, time.perf_counter() - t0)
+        logger.info("%s: done (%.1f s, %.1f s CPU)", participant_id, time.perf_counter() - t0,
+                    time.process_time() - c0)
         return _json_safe(result.qc)
 
 
@@ -1088,6 +1089,9 @@ def compute_subjects(subjects: list, options: dict, threads: int | None = None) 
     """
     from msnet.logs import subject_context
 
+    age = _process_age()
+    logger.info("job start-up (Python, Snakemake's preamble, imports): %s, %.2f s CPU",
+                "unknown wall time" if age is None else f"{age:.2f} s", time.process_time())
     results = []
     with thread_limits(threads):
         for i, subject in enumerate(subjects, start=1):
@@ -1102,6 +1106,18 @@ def compute_subjects(subjects: list, options: dict, threads: int | None = None) 
                     lesion_mask=subject["lesion_mask"], study_id=subject["study_id"],
                 ))
     return results
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere)."""
+    import os
+
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def thread_limits(threads: int | None):
