@@ -17,9 +17,10 @@ with the confounds and sample mask of ``nilearn.interfaces.fmriprep.load_confoun
    and ``sosfiltfilt``, ported: :func:`_butter_sos`), censoring, z-scored confounds
    projected out through a pivoted QR (or, without filtering: censor, detrend, project).
 
-The two ports keep nilearn's fMRIPrep interface (which imports scikit-learn) and
-``scipy.signal`` (which imports scipy.stats) out of the subject jobs: together about 1 s of
-CPU per job start-up, more than a demo subject's denoising.
+These ports, and that of scipy's ``CubicSpline`` for the interpolation
+(:func:`_cubic_spline`), keep nilearn's fMRIPrep interface (which imports scikit-learn),
+``scipy.signal`` (scipy.stats) and ``scipy.interpolate`` (scipy.optimize) out of the subject
+jobs: together over 1 s of CPU per job start-up, about a demo subject's whole work.
 
 Why msnet does not just call nilearn (measured in ``benchmarks/bench_denoise.py``):
 ``NiftiMasker`` decompresses the ``.nii.gz`` more than once and holds several float copies
