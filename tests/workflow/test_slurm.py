@@ -47,16 +47,20 @@ def _cmd(*args, timeout=60):
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: set up (and skip) before tiny_workflow's run
 def cluster():
     """Account, partition and node size of the reachable cluster (or skip)."""
     why = None
     if shutil.which("sinfo") is None:
         why = "no SLURM client (sinfo not found)"
     else:
-        proc = _cmd("sinfo", "-h", "-o", "%P")
-        if proc.returncode != 0:
-            why = f"no SLURM cluster reachable (sinfo: {proc.stderr.strip()[:300]})"
+        try:
+            proc = _cmd("sinfo", "-h", "-o", "%P", timeout=90)
+        except subprocess.TimeoutExpired:
+            why = "no SLURM cluster reachable (sinfo did not answer within 90 s)"
+        else:
+            if proc.returncode != 0:
+                why = f"no SLURM cluster reachable (sinfo: {proc.stderr.strip()[:300]})"
     if why is None:
         try:
             import snakemake_executor_plugin_slurm  # noqa: F401
