@@ -543,10 +543,24 @@ def mixedlm(y, X, groups, tested: int, level: float = 0.95) -> dict:
         return {**out, "converged": False, "optimizer": "", "note": "fit failed: "
                 + "; ".join(errors)}
     converged, _, method, fit, caught = max(fits, key=lambda f: (f[0], f[1]))
-    fe, se = np.asarray(fit.fe_params), np.asarray(fit.bse_fe)
+    fe = np.asarray(fit.fe_params)
+    with warnings.catch_warnings(record=True) as caught_se:
+        warnings.simplefilter("always")
+        se = np.asarray(fit.bse_fe, float)
+    tau2, scale = float(np.asarray(fit.cov_re)[0, 0]), float(fit.scale)
+    gls_se = not np.isfinite(se[tested])
+    if gls_se:
+        # statsmodels inverts the full observed Hessian, which is singular when the random
+        # intercept variance sits on the boundary (0): use the REML fixed-effect covariance
+        # (X' V^-1 X)^-1 at the estimates instead (what lme4/nlme report).
+        se = _gls_fixed_se(X, groups, tau2, scale)
     lo, hi = confidence_interval(fe[tested], se[tested], level)
-    notes = sorted({str(w.message).split("\n")[0] for w in caught
-                    if not str(w.message).startswith("Retrying MixedLM")})
+    notes = sorted({str(w.message).split("\n")[0] for w in [*caught, *caught_se]
+                    if not str(w.message).startswith("Retrying MixedLM")
+                    and not (converged and str(w.message).startswith(_SM_INTERMEDIATE))
+                    and not (gls_se and "invalid value" in str(w.message))})
+    if gls_se:
+        notes.append("SE from (X'V^-1X)^-1 (Hessian singular at the boundary)")
     failed = [_optimizer_name(f[2]) for f in fits if not f[0]] + errors
     if failed and converged:
         notes.insert(0, f"converged with {_optimizer_name(method)} after "
@@ -558,9 +572,28 @@ def mixedlm(y, X, groups, tested: int, level: float = 0.95) -> dict:
         "beta": fe[tested], "se": se[tested], "z": fe[tested] / se[tested],
         "p": float(2 * sps.norm.sf(abs(fe[tested] / se[tested]))),
         "ci_low": float(lo), "ci_high": float(hi), "intercept": fe[0],
-        "scale": float(fit.scale), "tau2": float(np.asarray(fit.cov_re)[0, 0]),
+        "scale": scale, "tau2": tau2,
         "converged": converged, "optimizer": _optimizer_name(method), "note": "; ".join(notes),
     }
+
+
+_SM_INTERMEDIATE = ("Maximum Likelihood optimization failed to converge",
+                    "MixedLM optimization failed")
+"""statsmodels warnings about an optimiser of a sequence that a later one recovered from
+(dropped from ``note`` when the kept fit converged)."""
+
+
+def _gls_fixed_se(X, groups, tau2: float, scale: float) -> np.ndarray:
+    """SEs of the fixed effects of a random-intercept model: ``sqrt(diag((X' V^-1 X)^-1))``
+    with ``V = scale I + tau2 Z Z'`` (Sherman-Morrison per group)."""
+    X = np.asarray(X, float)
+    _, idx = np.unique(np.asarray(groups), return_inverse=True)
+    counts = np.bincount(idx)
+    shrink = (tau2 / (scale + tau2 * counts))[idx]
+    sums = np.stack([np.bincount(idx, weights=col, minlength=counts.size) for col in X.T], 1)
+    vinv_x = (X - shrink[:, None] * sums[idx]) / scale
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.diag(np.linalg.pinv(X.T @ vinv_x)))
 
 
 def fit_pooled(y, design: Design, term: str, level: float = 0.95) -> dict:

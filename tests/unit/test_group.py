@@ -349,6 +349,29 @@ def test_mixedlm_retries_other_optimisers_and_reaches_the_reml_optimum(seed):
     np.testing.assert_allclose(pooled["tau2"], tau2_ref, rtol=1e-3)
 
 
+def test_mixedlm_se_from_gls_when_statsmodels_hessian_gives_nan(monkeypatch):
+    """At the tau2 = 0 boundary statsmodels' inverse Hessian can give NaN SEs (seen in the
+    reduced demo's clinical models); msnet then reports the REML fixed-effect SE
+    sqrt(diag((X' V^-1 X)^-1)), which equals statsmodels' SE in the interior."""
+    import statsmodels.api as sm
+    from statsmodels.regression.mixed_linear_model import MixedLMResults
+
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(8), 20)
+    X = np.column_stack([np.ones(g.size), rng.integers(0, 2, g.size), rng.normal(size=g.size)])
+    y = X @ [0.3, 0.4, 0.1] + rng.normal(size=g.size) + 0.7 * rng.normal(size=8)[g]
+    ref = sm.MixedLM(y, X, groups=g).fit(reml=True)
+    gls = st._gls_fixed_se(X, g, float(np.asarray(ref.cov_re)[0, 0]), ref.scale)
+    np.testing.assert_allclose(gls, ref.bse_fe, rtol=2e-3)
+    # tau2 = 0: the OLS formula with the REML scale
+    np.testing.assert_allclose(st._gls_fixed_se(X, g, 0.0, 2.0),
+                               np.sqrt(2.0 * np.diag(np.linalg.inv(X.T @ X))), rtol=1e-10)
+    monkeypatch.setattr(MixedLMResults, "bse_fe", property(lambda self: np.full(3, np.nan)))
+    fit = st.mixedlm(y, X, g, 1)
+    assert np.isfinite(fit["se"]) and np.isfinite(fit["p"]) and "X'V^-1X" in fit["note"]
+    np.testing.assert_allclose(fit["se"], gls[1], rtol=1e-3)
+
+
 def test_network_mask_is_union_of_template_and_data():
     rng = np.random.default_rng(3)
     template = np.array([0.9, 0.5, 0.1, 0.0, 0.0, 0.0])
