@@ -1478,16 +1478,17 @@ def meta_voxelwise(g_maps: dict, varg_maps: dict, mask, network, moderators, out
     Returns
     -------
     dict
-        Output name -> path. Maps ``meta_network-{net}_stat-{g,z,logp_fwe,fdr_q,i2,tau2}_map``
-        (``z``: pooled z, the z-equivalent of t under Knapp-Hartung; ``logp_fwe``: signed
+        Output name -> path. Maps ``meta_network-{net}_stat-{g,z,logpfwe,fdrq,i2,tau2}_map``
+        (``z``: pooled z, the z-equivalent of t under Knapp-Hartung; ``logpfwe``: signed
         ``sign(z) * -log10`` sign-flip FWE p, as the group stage's ``logpfwe``; ``i2`` in %),
-        ``meta_network-{net}_mod-{name}_stat-{beta,z,logp_perm}_map`` for every configured
+        ``meta_network-{net}_mod-{name}_stat-{beta,z,logpperm}_map`` for every configured
         moderator (slope, its z, signed -log10 of the max-|z| permutation FWE p; all 0, with
         the reason in the JSON, when the moderator cannot be used), the cluster table
         ``meta_network-{net}_clusters.tsv`` (:func:`cluster_table`) and
         ``meta_network-{net}_desc-voxelwise_info.json`` (studies used/excluded with reasons,
         options, permutation details). Outside the mask and where nothing could be estimated
-        maps hold 0 (``fdr_q``: 1).
+        maps hold 0 (``fdrq``: 1). Paths are keyed by the ``stat-`` value (``mod-{name}_{stat}``
+        for moderator maps); entity values are alphanumeric, as BIDS parsers need.
 
     Raises
     ------
@@ -1539,13 +1540,13 @@ def meta_voxelwise(g_maps: dict, varg_maps: dict, mask, network, moderators, out
                        opts["alpha"])
     stem = f"meta_network-{network}"
     paths = {}
-    maps = {"g": res["g"], "z": res["z"], "logp_fwe": msstats.signed_logp(res["p_fwe"], res["z"]),
+    maps = {"g": res["g"], "z": res["z"], "logpfwe": msstats.signed_logp(res["p_fwe"], res["z"]),
             "i2": res["i2"], "tau2": res["tau2"]}
     for name, values in maps.items():
         paths[name] = out_dir / f"{stem}_stat-{name}_map.nii.gz"
         _save_map(values, mask3d, mask_img, paths[name])
-    paths["fdr_q"] = out_dir / f"{stem}_stat-fdr_q_map.nii.gz"
-    _save_map(res["fdr_q"], mask3d, mask_img, paths["fdr_q"], fill=1.0)
+    paths["fdrq"] = out_dir / f"{stem}_stat-fdrq_map.nii.gz"
+    _save_map(res["fdr_q"], mask3d, mask_img, paths["fdrq"], fill=1.0)
     clusters = cluster_table(res, mask_img, opts["alpha"], network)
     paths["clusters"] = out_dir / f"{stem}_clusters.tsv"
     write_tsv(clusters, paths["clusters"])
@@ -1569,7 +1570,7 @@ def meta_voxelwise(g_maps: dict, varg_maps: dict, mask, network, moderators, out
                 "exact": bool(reg["exact"]),
                 "min_p_fwe": float(np.nanmin(reg["p_fwe"])) if reg["n_permutations"] else None,
             }
-        for stat_name, key in (("beta", "beta"), ("z", "z"), ("logp_perm", "logp")):
+        for stat_name, key in (("beta", "beta"), ("z", "z"), ("logpperm", "logp")):
             path = out_dir / f"{stem}_mod-{name}_stat-{stat_name}_map.nii.gz"
             _save_map(reg[key], mask3d, mask_img, path)
             paths[f"mod-{name}_{stat_name}"] = path

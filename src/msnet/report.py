@@ -1587,8 +1587,8 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
         ``meta_tables`` : dict name -> path
             What :func:`msnet.meta.meta_networks` returns: ``networks``, ``loo``, ``egger``,
             ``metaregression``, ``moderators``, ``forest``.
-        ``meta_maps`` : dict network -> {"z": path, "logp_fwe": path}
-            ``meta_network-{net}_stat-{z,logp_fwe}_map.nii.gz``.
+        ``meta_maps`` : dict network -> {"z": path, "logpfwe": path}
+            ``meta_network-{net}_stat-{z,logpfwe}_map.nii.gz``.
         ``meta_clusters`` : dict network -> path
             ``meta_network-{net}_clusters.tsv``.
         ``meta_vs_mega`` : path
@@ -1685,7 +1685,7 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
         "meta_tables": {k: str(meta / f"meta_desc-{k}_stats.tsv")
                         for k in ("networks", "loo", "egger", "metaregression")},
         "meta_maps": {n: {k: str(meta / f"meta_network-{n}_stat-{k}_map.nii.gz")
-                          for k in ("z", "logp_fwe")} for n in networks},
+                          for k in ("z", "logpfwe")} for n in networks},
         "meta_clusters": {n: str(meta / f"meta_network-{n}_clusters.tsv") for n in networks},
         "meta_vs_mega": str(meta / "meta_desc-metavsmega_stats.tsv"),
     }

@@ -468,7 +468,7 @@ def test_voxelwise_maps_equal_network_engine_at_every_voxel(tmp_path):
         np.testing.assert_allclose(
             [maps["g"][j], maps["z"][j], maps["tau2"][j], maps["i2"][j]],
             [ref["g"], z_ref, ref["tau2"], ref["i2"]], rtol=1e-5, atol=1e-6)
-    assert _load(paths["fdr_q"], ~mask).min() == 1.0
+    assert _load(paths["fdrq"], ~mask).min() == 1.0
 
 
 def _nimare_maps(g_maps, v_maps, mask_path, estimator):
@@ -548,7 +548,7 @@ def test_planted_effect_is_recovered_with_cluster_table(tmp_path):
     mods = pd.DataFrame({"study": list(g_maps), "age": np.linspace(30, 50, 12)})
     paths = meta.meta_voxelwise(g_maps, v_maps, mask_path, "SMN", mods, tmp_path / "out",
                                 {"n_permutations": 200})
-    logp = _load(paths["logp_fwe"], mask)
+    logp = _load(paths["logpfwe"], mask)
     planted = effect[mask] > 0
     assert np.all(logp[planted] > -np.log10(0.05))
     assert np.mean(np.abs(logp[~planted]) > -np.log10(0.05)) < 0.05
@@ -564,12 +564,12 @@ def test_planted_effect_is_recovered_with_cluster_table(tmp_path):
     assert top["peak_zstat"] == pytest.approx(z_map[tuple(np.round(peak_ijk).astype(int))],
                                               rel=1e-5)
     for name in ("age", "duration", "edss", "t2lv"):  # unusable moderators give 0 maps
-        for stat in ("beta", "z", "logp_perm"):
+        for stat in ("beta", "z", "logpperm"):
             assert paths[f"mod-{name}_{stat}"].exists()
     assert not _load(paths["mod-edss_beta"], mask).any()
     info = json.loads(paths["info"].read_text())
     assert "available for 0 studies" in info["moderators"]["edss"]["skipped"]
-    assert np.abs(_load(paths["mod-age_logp_perm"], mask)).max() < -np.log10(0.05)
+    assert np.abs(_load(paths["mod-age_logpperm"], mask)).max() < -np.log10(0.05)
 
 
 def test_voxelwise_metaregression_equals_network_metaregression():

@@ -343,7 +343,7 @@ def make_results(root, networks_with_maps=("DMN", "SN")):
     for net in networks_with_maps:
         blobs = published_blobs(net)
         for kind, stat, logp_name, signed in (("pooled", "t", "logpfwe", True),
-                                              ("meta", "z", "logp_fwe", False)):
+                                              ("meta", "z", "logpfwe", False)):
             stat_img, logp_img = blob_maps(blobs, signed_logp=signed)
             folder = root / ("group/pooled" if kind == "pooled" else "meta")
             prefix = folder / f"{kind}_network-{net}"

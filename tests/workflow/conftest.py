@@ -116,7 +116,7 @@ def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
                        "logp": pooled_dir / f"pooled_network-{n}_stat-logpfwe_map.nii.gz"}
                    for n in ANALYSIS_NETWORKS},
         "meta": {n: {"z": meta_dir / f"meta_network-{n}_stat-z_map.nii.gz",
-                     "logp": meta_dir / f"meta_network-{n}_stat-logp_fwe_map.nii.gz"}
+                     "logp": meta_dir / f"meta_network-{n}_stat-logpfwe_map.nii.gz"}
                  for n in ANALYSIS_NETWORKS},
         "clinical": clinical_dir / "pooled_desc-clinical_networks.tsv",
         "meta_tables": meta_tables,

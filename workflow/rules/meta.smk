@@ -41,7 +41,7 @@ rule meta_voxelwise:
     output:
         maps=expand(
             f"{META_DIR}/meta_network-{{{{net}}}}_stat-{{stat}}_map.nii.gz",
-            stat=["g", "z", "logp_fwe", "fdr_q", "i2", "tau2"],
+            stat=["g", "z", "logpfwe", "fdrq", "i2", "tau2"],
         ),
         clusters=f"{META_DIR}/meta_network-{{net}}_clusters.tsv",
     log:
