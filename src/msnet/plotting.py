@@ -24,10 +24,33 @@ import numpy as np
 import pandas as pd
 
 from msnet import ANALYSIS_NETWORKS
+from msnet.formatting import p_relation as fmt_p  # noqa: F401 (p < 0.001 / p = 0.034)
 from msnet.io.atomic import atomic_path
 
 DPI = 150
 """Resolution of the PNG figures."""
+
+MAX_WIDTH_IN = 11.5
+"""Widest figure (inches). The report shows each SVG at its natural size (1 in = 96 px,
+never enlarged), so a figure up to 1,104 px wide is displayed unscaled in a window of
+1,200 px or more and its text has the size set here."""
+
+FS_SMALL, FS, FS_TITLE = 9.0, 10.0, 11.5
+"""Font sizes (pt) of tick labels and annotations, axis labels and panel titles, figure
+titles: 12, 13.3 and 15.3 px at the displayed size (1 pt = 4/3 px)."""
+
+_STYLE = {"font.size": FS, "axes.titlesize": FS, "axes.labelsize": FS,
+          "xtick.labelsize": FS_SMALL, "ytick.labelsize": FS_SMALL,
+          "legend.fontsize": FS_SMALL, "figure.titlesize": FS_TITLE}
+"""rcParams of every figure (text sizes for the displayed size, see :data:`FS`)."""
+
+UNITS = {"disease_duration": "years", "edss": "EDSS points", "age": "years",
+         "t2lv": "ml", "mean_fd": "mm"}
+"""Units of the subject-level clinical variables and covariates (axis labels)."""
+
+VARIABLE_LABELS = {"disease_duration": "disease duration", "edss": "EDSS", "age": "age",
+                   "t2lv": "T2 lesion volume", "mean_fd": "mean FD"}
+"""Readable names of the subject-level variables (axis labels)."""
 
 INCREASE_STYLE = {"marker": "^", "color": "gold", "label": "published MS > HC"}
 DECREASE_STYLE = {"marker": "v", "color": "limegreen", "label": "published MS < HC"}
@@ -79,10 +102,25 @@ def save_figure(fig, out_stem) -> dict:
     return paths
 
 
+def _styled(function):
+    """Draw ``function``'s figure with :data:`_STYLE` (text sizes for the displayed size)."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(_STYLE):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 def _new_figure(width, height, constrained=True):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained" if constrained else None)
+    return Figure(figsize=(min(width, MAX_WIDTH_IN), height),
+                  layout="constrained" if constrained else None)
 
 
 def _table(table) -> pd.DataFrame:
@@ -109,16 +147,8 @@ def _num(value) -> float:
         return np.nan
 
 
-def fmt_p(p) -> str:
-    """Format a p-value for a title (``p = 0.034``, ``p < 0.001``, ``p = n/a``)."""
-    p = _num(p)
-    if not np.isfinite(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
-
-
 def _no_data(ax, text):
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10,
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=FS,
             color="0.35", wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -153,6 +183,7 @@ def _load_img(img):
 # --------------------------------------------------------------------------- brains
 
 
+@_styled
 def plot_glass_brain(stat_img, logp_fwe_img, out_stem, title, alpha=0.05, network=None,
                      stat_label="t") -> dict:
     """Glass brain of a statistic map thresholded at voxel-level FWE p < ``alpha``.
@@ -209,6 +240,10 @@ def plot_glass_brain(stat_img, logp_fwe_img, out_stem, title, alpha=0.05, networ
                 symmetric_cbar=True, colorbar=True, cmap="RdBu_r")
         heading = (f"{title}: {int(sig.sum())} voxels with FWE p < {alpha:g} "
                    f"(|{stat_label}| \u2265 {thr:.2f})")
+        cbar = getattr(display, "_cbar", None)  # nilearn keeps its colorbar here (0.10-0.13)
+        if cbar is not None:
+            cbar.ax.tick_params(labelsize=FS_SMALL)
+            cbar.ax.set_title(stat_label, fontsize=FS, style="italic")
     else:
         with _frozen_gc():
             display = plotting.plot_glass_brain(None, figure=fig, axes=axes, display_mode="lyrz")
@@ -227,16 +262,17 @@ def plot_glass_brain(stat_img, logp_fwe_img, out_stem, title, alpha=0.05, networ
         handles.append(Line2D([], [], linestyle="", marker=style["marker"], markersize=8,
                               markerfacecolor=style["color"], markeredgecolor="k",
                               label=style["label"]))
-    fig.suptitle(heading, x=0.01, y=0.99, ha="left", va="top", fontsize=11)
+    fig.suptitle(heading, x=0.01, y=0.99, ha="left", va="top", fontsize=FS_TITLE)
     if handles:
         fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(0.99, 1.0), ncol=2,
-                   fontsize=8, frameon=False)
+                   fontsize=FS_SMALL, frameon=False)
     return save_figure(fig, out_stem)
 
 
 # --------------------------------------------------------------------------- group
 
 
+@_styled
 def plot_study_effects(table, out_stem, metrics=None) -> dict:
     """Hedges' g ± 95% CI of MS vs HC per study, one panel per analysis network.
 
@@ -260,18 +296,26 @@ def plot_study_effects(table, out_stem, metrics=None) -> dict:
     metrics = list(metrics or [f"within_{n}" for n in ANALYSIS_NETWORKS])
     if not data.empty:
         data = data[data["metric"].isin(metrics)]
-        data = data[np.isfinite(pd.to_numeric(data["g"], errors="coerce"))]
+        data = data.assign(study_id=data["study_id"].astype(str))
     studies = sorted({str(s) for s in data.get("study_id", [])} - {"pooled"})
+    if not data.empty:
+        data = data[np.isfinite(pd.to_numeric(data["g"], errors="coerce"))]
     order = studies + (["pooled"] if (data.get("study_id", pd.Series()) == "pooled").any() else [])
-    fig = _new_figure(3.2 * len(metrics) + 1.0, 1.4 + 0.2 * max(len(order), 4))
-    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    fig = _new_figure(2.6 * len(metrics) + 1.0, 1.6 + 0.22 * max(len(order), 4))
+    axes = fig.subplots(1, len(metrics), sharey=True, sharex=True, squeeze=False)[0]
     ypos = {s: len(order) - 1 - i for i, s in enumerate(order)}
+    missing = {}
     for ax, metric in zip(axes, metrics):
-        ax.set_title(f"{network_of(metric)} (within-network FC)", fontsize=10)
+        ax.set_title(f"{network_of(metric)} (within-network FC)", fontsize=FS)
         sub = data[data["metric"] == metric] if not data.empty else data
         if sub.empty:
             _no_data(ax, "no study with an estimate")
             continue
+        absent = [s for s in studies if s not in set(sub["study_id"])]
+        for study in absent:  # a study without an estimate keeps its row, marked
+            ax.annotate("no estimate", (0.02, ypos[study]), xycoords=("axes fraction", "data"),
+                        va="center", fontsize=FS_SMALL, color="0.45", style="italic")
+        missing.update({s: missing.get(s, []) + [network_of(metric)] for s in absent})
         ax.axvline(0, color="0.5", lw=0.8, zorder=0)
         for row in sub.itertuples():
             y, pooled = ypos[str(row.study_id)], str(row.study_id) == "pooled"
@@ -283,8 +327,12 @@ def plot_study_effects(table, out_stem, metrics=None) -> dict:
         ax.grid(axis="x", color="0.9", lw=0.6)
     axes[0].set_yticks(list(ypos.values()), [s if s != "pooled" else "pooled (mega)"
                                              for s in ypos])
-    axes[0].tick_params(axis="y", labelsize=7)
-    fig.suptitle("MS vs HC per study: Hedges' g with 95% CI", fontsize=11)
+    axes[0].tick_params(axis="y", labelsize=FS_SMALL)
+    fig.suptitle("MS vs HC per study: Hedges' g with 95% CI", fontsize=FS_TITLE)
+    if missing:
+        fig.supxlabel("No estimate (study excluded for that network): " + "; ".join(
+            f"{s} ({', '.join(n)})" for s, n in missing.items()), fontsize=FS_SMALL,
+            color="0.3", x=0.01, ha="left")
     return save_figure(fig, out_stem)
 
 
@@ -305,7 +353,8 @@ def _included(forest_data) -> pd.DataFrame:
     return data[np.isfinite(data["g"]) & np.isfinite(data["se"])]
 
 
-def plot_forest(forest_data, meta_row, out_stem, title=None) -> dict:
+@_styled
+def plot_forest(forest_data, meta_row, out_stem, title=None, xlim=None) -> dict:
     """Forest plot of one metric: studies sorted by g, pooled diamond, prediction interval.
 
     Squares have an area proportional to the study's random-effects weight; lines are the
@@ -322,6 +371,8 @@ def plot_forest(forest_data, meta_row, out_stem, title=None) -> dict:
         pi_low, pi_high, k, tau2, i2, q_p, model, method``).
     out_stem : path
     title : str, optional
+    xlim : (float, float), optional
+        x-axis range (the report gives every network's forest plot the same one).
 
     Returns
     -------
@@ -333,9 +384,9 @@ def plot_forest(forest_data, meta_row, out_stem, title=None) -> dict:
     all_rows = _table(forest_data)
     data = _included(forest_data).sort_values("g", kind="stable")
     n = len(data)
-    fig = _new_figure(8.0, 2.0 + 0.24 * max(n, 3))
+    fig = _new_figure(6.8, 2.0 + 0.26 * max(n, 3))
     ax = fig.subplots()
-    ax.set_title(title or "Forest plot", fontsize=11, loc="left")
+    ax.set_title(title or "Forest plot", fontsize=FS_TITLE, loc="left")
     if n == 0:
         _no_data(ax, "no study with a valid effect size")
         return save_figure(fig, out_stem)
@@ -366,24 +417,28 @@ def plot_forest(forest_data, meta_row, out_stem, title=None) -> dict:
             ticks.append(0.2)
             right.append(f"[{pi_lo:5.2f}, {pi_hi:5.2f}]")
     ax.axvline(0, color="0.4", lw=0.8)
-    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.set_yticks(ticks, labels, fontsize=FS_SMALL)
     ax.set_ylim(-0.3, n + 2.2)
     for y, text in zip(ticks, right):
         ax.annotate(text, (1.01, y), xycoords=("axes fraction", "data"), va="center",
-                    fontsize=8, family="monospace")
+                    fontsize=FS_SMALL, family="monospace")
     ax.annotate(" g    [95% CI]       weight", (1.01, n + 1.75),
                 xycoords=("axes fraction", "data"),
-                va="center", fontsize=8, family="monospace", weight="bold")
+                va="center", fontsize=FS_SMALL, family="monospace", weight="bold")
     ax.set_xlabel("Hedges' g (MS \u2212 HC)")
-    n_excl = len(all_rows) - n
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    excluded = sorted(set(all_rows["study"].astype(str)) - set(data["study"].astype(str))) \
+        if "study" in all_rows else []
     foot = (f"k = {n}, \u03c4\u00b2 = {_num(_get(meta_row, 'tau2')):.3f}, "
             f"I\u00b2 = {_num(_get(meta_row, 'i2')):.1f}%, Q p {fmt_p(_get(meta_row, 'q_p'))}")
-    if n_excl > 0:
-        foot += f"; {n_excl} study(ies) excluded (no valid effect size)"
-    fig.supxlabel(foot, fontsize=8, color="0.3", x=0.02, ha="left")
+    if excluded:
+        foot += (f"; not in the analysis (no valid effect size): {', '.join(excluded)}")
+    fig.supxlabel(foot, fontsize=FS_SMALL, color="0.3", x=0.02, ha="left")
     return save_figure(fig, out_stem)
 
 
+@_styled
 def plot_funnel(forest_data, meta_row, egger_row, out_stem, title=None) -> dict:
     """Funnel plot of one metric: g against its standard error with a pseudo 95% CI funnel.
 
@@ -407,10 +462,10 @@ def plot_funnel(forest_data, meta_row, egger_row, out_stem, title=None) -> dict:
         ``{"png": path, "svg": path}``.
     """
     data = _included(forest_data)
-    fig = _new_figure(5.2, 4.4)
+    fig = _new_figure(4.6, 4.2)
     ax = fig.subplots()
     egger = f"Egger p {fmt_p(_get(egger_row, 'p'))}"
-    ax.set_title(f"{title or 'Funnel plot'}\n{egger}", fontsize=10)
+    ax.set_title(f"{title or 'Funnel plot'}\n{egger}", fontsize=FS)
     if data.empty:
         _no_data(ax, "no study with a valid effect size")
         return save_figure(fig, out_stem)
@@ -428,10 +483,11 @@ def plot_funnel(forest_data, meta_row, egger_row, out_stem, title=None) -> dict:
     ax.set_ylim(top, 0)
     ax.set_xlabel("Hedges' g (MS \u2212 HC)")
     ax.set_ylabel("standard error")
-    ax.legend(fontsize=8, loc="lower right", frameon=False)
+    ax.legend(fontsize=FS_SMALL, loc="lower right", frameon=False)
     return save_figure(fig, out_stem)
 
 
+@_styled
 def plot_bubble(forest_data, moderators, metareg, out_stem, title=None) -> dict:
     """Meta-regression bubble plots of one metric: moderator vs g, one panel per moderator.
 
@@ -464,9 +520,13 @@ def plot_bubble(forest_data, moderators, metareg, out_stem, title=None) -> dict:
                list(dict.fromkeys(m.split(":", 1)[1] for m in reg["model"].astype(str)
                                   if m.startswith("single:"))))
     n_panels = max(len(singles), 1)
-    fig = _new_figure(3.4 * n_panels + 0.4, 3.6)
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
-    fig.suptitle(title or "Meta-regression", fontsize=11)
+    ncols = min(n_panels, 3)
+    nrows = -(-n_panels // ncols)
+    fig = _new_figure(3.6 * ncols + 0.4, 3.4 * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    fig.suptitle(title or "Meta-regression", fontsize=FS_TITLE)
     if not singles:
         _no_data(axes[0], "no meta-regression available")
         return save_figure(fig, out_stem)
@@ -476,12 +536,12 @@ def plot_bubble(forest_data, moderators, metareg, out_stem, title=None) -> dict:
         rows = reg[reg["model"] == f"single:{name}"]
         slope = rows[rows["moderator"] == name]
         inter = rows[rows["moderator"] == "intercept"]
-        ax.set_xlabel(MODERATOR_LABELS.get(name, name), fontsize=9)
-        ax.set_ylabel("Hedges' g (MS \u2212 HC)", fontsize=9)
+        ax.set_xlabel(MODERATOR_LABELS.get(name, name), fontsize=FS)
+        ax.set_ylabel("Hedges' g (MS \u2212 HC)", fontsize=FS)
         beta = _num(slope["beta"].iloc[0]) if len(slope) and "beta" in slope else np.nan
         if not np.isfinite(beta) or mods.empty or name not in mods:
             why = rows["warning"].dropna().astype(str) if "warning" in rows else pd.Series()
-            ax.set_title(name, fontsize=9)
+            ax.set_title(name, fontsize=FS)
             _no_data(ax, "not estimable" + (f":\n{why.iloc[0]}" if len(why) and why.iloc[0]
                                             else ""))
             continue
@@ -498,13 +558,14 @@ def plot_bubble(forest_data, moderators, metareg, out_stem, title=None) -> dict:
         ax.axhline(0, color="0.5", lw=0.6, ls=":")
         p_perm = _get(slope.iloc[0], "p_perm")
         ax.set_title(f"{name}: \u03b2 = {beta:.3f}, p {fmt_p(_get(slope.iloc[0], 'p'))}"
-                     f"\n(permutation p {fmt_p(p_perm)})", fontsize=9)
+                     f"\n(permutation p {fmt_p(p_perm)})", fontsize=FS)
     return save_figure(fig, out_stem)
 
 
 # --------------------------------------------------------------------------- clinical
 
 
+@_styled
 def plot_clinical_scatter(scatter_table, out_stem, stats_table=None, metrics=None) -> dict:
     """Partial-regression (added-variable) plots per network × clinical variable, within MS.
 
@@ -540,10 +601,10 @@ def plot_clinical_scatter(scatter_table, out_stem, stats_table=None, metrics=Non
         metrics = [f"within_{n}" for n in ANALYSIS_NETWORKS if f"within_{n}" in present]
     variables = list(dict.fromkeys(data["variable"])) if not data.empty else []
     nr, nc = max(len(metrics), 1), max(len(variables), 1)
-    fig = _new_figure(3.0 * nc + 0.4, 2.6 * nr + 0.6)
+    fig = _new_figure(2.7 * nc + 0.6, 2.7 * nr + 0.6)
     axes = fig.subplots(nr, nc, squeeze=False)
     fig.suptitle("Clinical associations within MS (partial-regression plots, pooled)",
-                 fontsize=11)
+                 fontsize=FS_TITLE)
     if not metrics or not variables:
         _no_data(axes[0, 0], "no clinical association data")
         return save_figure(fig, out_stem)
@@ -555,11 +616,14 @@ def plot_clinical_scatter(scatter_table, out_stem, stats_table=None, metrics=Non
             y = pd.to_numeric(sub["y_resid"], errors="coerce").to_numpy(float)
             ok = np.isfinite(x) & np.isfinite(y)
             x, y = x[ok], y[ok]
-            ax.set_xlabel(f"{var} (residual)", fontsize=8)
-            ax.set_ylabel(f"{network_of(metric)} FC (residual)", fontsize=8)
-            ax.tick_params(labelsize=7)
+            unit = UNITS.get(var)
+            ax.set_xlabel(f"{VARIABLE_LABELS.get(var, var)} (residual"
+                          + (f", {unit})" if unit else ")"), fontsize=FS_SMALL)
+            ax.set_ylabel(f"{network_of(metric)} FC (residual, Fisher z)", fontsize=FS_SMALL)
+            ax.tick_params(labelsize=FS_SMALL)
             if len(x) < 3 or not np.any(x != 0):
-                ax.set_title(f"{network_of(metric)} \u00d7 {var}", fontsize=9)
+                ax.set_title(f"{network_of(metric)} \u00d7 {VARIABLE_LABELS.get(var, var)}",
+                             fontsize=FS)
                 _no_data(ax, "not estimable")
                 continue
             slope = float(x @ y / (x @ x))
@@ -576,8 +640,9 @@ def plot_clinical_scatter(scatter_table, out_stem, stats_table=None, metrics=Non
                 se = np.sqrt(resid @ resid / (len(x) - 2) / (x @ x))
                 beta, how = slope, "residual OLS"
                 p = 2 * sps.t.sf(abs(slope / se), len(x) - 2) if se > 0 else np.nan
-            ax.set_title(f"{network_of(metric)} \u00d7 {var}\n\u03b2 = {beta:.3g}, "
-                         f"p {fmt_p(p)} ({how}, n = {len(x)})", fontsize=8)
+            ax.set_title(f"{network_of(metric)} \u00d7 {VARIABLE_LABELS.get(var, var)}\n"
+                         f"\u03b2 = {beta:.3g}, "
+                         f"p {fmt_p(p)} ({how}, n = {len(x)})", fontsize=FS_SMALL)
     return save_figure(fig, out_stem)
 
 
@@ -604,11 +669,12 @@ def _strip_box(ax, table, column, rng, threshold=None, ylabel=""):
         ax.scatter(x[~inc], values[sel][~inc], s=22, color="k", marker="x", linewidths=1)
     if threshold is not None:
         ax.axhline(threshold, color=_POOLED, lw=0.8, ls="--", label=f"QC limit {threshold:g}")
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=FS_SMALL, frameon=False)
     ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=FS)
 
 
+@_styled
 def plot_qc_overview(qc_table, out_stem, qc_options=None) -> dict:
     """QC overview: mean FD and censored volumes by group, subjects kept/excluded per study.
 
@@ -632,7 +698,7 @@ def plot_qc_overview(qc_table, out_stem, qc_options=None) -> dict:
     studies = sorted(set(table["study_id"].astype(str))) if not table.empty else []
     fig = _new_figure(13, max(4.0, 1.2 + 0.2 * len(studies)))
     axes = fig.subplots(1, 3, width_ratios=[1, 1, 1.4])
-    fig.suptitle("Dataset and quality control (crosses: excluded subjects)", fontsize=11)
+    fig.suptitle("Dataset and quality control (crosses: excluded subjects)", fontsize=FS_TITLE)
     if table.empty:
         for ax in axes:
             _no_data(ax, "no QC data")
@@ -643,10 +709,10 @@ def plot_qc_overview(qc_table, out_stem, qc_options=None) -> dict:
     table["include"] = table["include"].astype(str).str.lower().isin(["true", "1", "1.0"])
     rng = np.random.default_rng(0)
     _strip_box(axes[0], table, "mean_fd", rng, qc_options.get("max_mean_fd"), "mean FD (mm)")
-    axes[0].set_title("Head motion", fontsize=10)
+    axes[0].set_title("Head motion", fontsize=FS)
     _strip_box(axes[1], table, "pct_censored", rng, qc_options.get("max_pct_censored"),
                "volumes censored (%)")
-    axes[1].set_title("Censoring", fontsize=10)
+    axes[1].set_title("Censoring", fontsize=FS)
     ax = axes[2]
     table["study_id"] = table["study_id"].astype(str)
     y = np.arange(len(studies))[::-1]
@@ -660,8 +726,8 @@ def plot_qc_overview(qc_table, out_stem, qc_options=None) -> dict:
         counts = table[sel].groupby("study_id").size().reindex(studies, fill_value=0)
         ax.barh(y, counts.to_numpy(), left=left, color=color, label=label, height=0.75)
         left += counts.to_numpy()
-    ax.set_yticks(y, studies, fontsize=7)
+    ax.set_yticks(y, studies, fontsize=FS_SMALL)
     ax.set_xlabel("subjects")
-    ax.set_title("Subjects per study", fontsize=10)
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Subjects per study", fontsize=FS)
+    ax.legend(fontsize=FS_SMALL, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, out_stem)

@@ -35,6 +35,7 @@ import pandas as pd
 
 from msnet import ANALYSIS_NETWORKS, __version__
 from msnet.errors import MsnetInputError
+from msnet.formatting import TEXT_COLUMNS, column_label, format_number, format_value, p_relation
 from msnet.io.atomic import write_text, write_tsv
 
 LOG = logging.getLogger(__name__)
@@ -802,46 +803,78 @@ def _meta_text(m: dict) -> str:
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#222;
 line-height:1.45}
-main{max-width:1200px;margin:0 auto;padding:1em 2em 4em}
-nav{background:#f4f6f8;border-bottom:1px solid #dde;padding:.6em 2em;position:sticky;top:0}
+main{max-width:1320px;margin:0 auto;padding:1em 2em 4em}
+nav{background:#f4f6f8;border-bottom:1px solid #dde;padding:.6em 2em;position:sticky;top:0;
+z-index:2}
 nav a{margin-right:1.2em;color:#2b5d8a;text-decoration:none;font-size:.92em}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #2b5d8a;padding-top:.6em}
 h3{margin-top:1.6em}
-table.tbl{border-collapse:collapse;font-size:.82em;margin:.6em 0}
-table.tbl th,table.tbl td{padding:3px 8px;border-bottom:1px solid #e3e3e3;text-align:right}
-table.tbl th{background:#f4f6f8;position:sticky;top:0}
-table.tbl td:first-child,table.tbl th:first-child{text-align:left}
-.scroll{max-height:420px;overflow:auto;border:1px solid #eee;display:inline-block;max-width:100%}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:.85em;color:#444;max-width:900px}
-.row{display:flex;flex-wrap:wrap;gap:1.5em}.row figure{flex:1 1 420px}
+div.tbl{overflow-x:auto;max-width:100%;margin:.6em 0}
+table.tbl{border-collapse:collapse;font-size:.82em}
+table.tbl th,table.tbl td{padding:3px 8px;border-bottom:1px solid #e3e3e3;text-align:right;
+vertical-align:top;white-space:nowrap}
+table.tbl th{background:#f4f6f8;white-space:normal;min-width:3.5em;vertical-align:bottom}
+table.tbl td.key,table.tbl td.str,table.tbl th.key,table.tbl th.str{text-align:left}
+table.tbl td.txt,table.tbl th.txt{text-align:left;white-space:normal;min-width:22em;
+max-width:46em}
+table.tbl tbody tr:nth-child(even){background:#fafbfc}
+figure{margin:1em 0;display:table}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#444;display:table-caption;caption-side:bottom}
+table.tbl td.wrap{white-space:normal;min-width:9em;text-align:left}
+.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.row figure{flex:0 1 auto}
 .na{color:#a33;font-style:italic}.note{color:#555;font-size:.9em}
 .verdict{font-weight:600;border-left:3px solid #2b5d8a;padding-left:.6em}
 .found{color:#1a7f37;font-weight:bold}.missed{color:#b42318;font-weight:bold}
 details{margin:.6em 0}summary{cursor:pointer;color:#2b5d8a}
+@media print{
+@page{size:A4 landscape;margin:12mm}
+body{font-size:9.5pt;color:#000}nav{display:none}main{max-width:none;padding:0}
+h2{break-before:page;break-after:avoid}h3{break-after:avoid}
+section:first-of-type h2{break-before:auto}
+div.tbl{overflow:visible}table.tbl{font-size:8pt;width:100%}
+table.tbl thead{display:table-header-group}tr,figure{break-inside:avoid}
+table.tbl td.txt{min-width:0}
+figure img{max-width:100%;border:none}summary{color:#000}
+a{color:#000;text-decoration:none}
+}
 """
+PRINT_SCRIPT = ("<script>window.addEventListener('beforeprint',function(){"
+                "document.querySelectorAll('details').forEach(function(d){d.open=true;});});"
+                "</script>")
+"""Opens every collapsed block before printing (CSS alone cannot), so a printout holds the
+whole report."""
 
 
-def _fmt(v) -> str:
-    """Float formatting of the report's tables."""
-    if not np.isfinite(v):
-        return "\u2013"
-    if float(v).is_integer() and abs(v) < 1e6:
-        return f"{int(v)}"
-    if abs(v) >= 100:
-        return f"{v:.1f}"
-    if abs(v) >= 0.001:
-        return f"{v:.3f}"
-    return f"{v:.2e}"
+def table_html(df: pd.DataFrame, key: int = 1) -> str:
+    """A DataFrame as an HTML table: human headers (the TSV's column name as a tooltip), every
+    cell formatted by :func:`msnet.formatting.format_value` (meaningful digits, p-values as
+    ``< 0.001``), numbers right-aligned, free text wrapped, every row shown (no scroll box).
 
-
-def table_html(df: pd.DataFrame, scroll: bool = False) -> str:
-    """A DataFrame as an HTML table (no index, report float format, escaped text)."""
+    ``key`` first columns identify a row; they stay left-aligned and do not wrap.
+    """
     if df is None or df.empty:
         return '<p class="note">(no rows)</p>'
-    out = df.to_html(index=False, float_format=_fmt, na_rep="\u2013", border=0,
-                     classes="tbl", escape=True)
-    return f'<div class="scroll">{out}</div>' if scroll else out
+    columns = list(df.columns)
+    klass = ["key" if i < key else "txt" if c in TEXT_COLUMNS
+             else "" if _numeric_like(df[c]) else "str" for i, c in enumerate(columns)]
+    head = "".join(f'<th title="{html.escape(str(c))}"' + (f' class="{k}"' if k else "")
+                   + f">{html.escape(column_label(c))}</th>" for c, k in zip(columns, klass))
+    rows = []
+    for values in df.itertuples(index=False, name=None):
+        rows.append("<tr>" + "".join(
+            (f'<td class="{k}">' if k else "<td>") + html.escape(format_value(c, v)) + "</td>"
+            for c, k, v in zip(columns, klass, values)) + "</tr>")
+    return (f'<div class="tbl"><table class="tbl"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _numeric_like(column: pd.Series) -> bool:
+    """Whether a column holds numbers (right-aligned) rather than words."""
+    if column.dtype == bool:
+        return False
+    values = column.dropna()
+    values = values[~values.astype(str).isin(["n/a", ""])]
+    return bool(len(values)) and bool(pd.to_numeric(values, errors="coerce").notna().all())
 
 
 def _na(what: str) -> str:
@@ -857,13 +890,29 @@ def _details(summary: str, body: str) -> str:
     return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
-def _figure(paths: dict, caption: str, html_dir) -> str:
-    """A figure with its PNG embedded as base64 and a caption linking the SVG file."""
-    data = base64.b64encode(Path(paths["png"]).read_bytes()).decode("ascii")
-    svg = html.escape(Path(os.path.relpath(paths["svg"], html_dir)).as_posix())
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f'<figcaption>{html.escape(caption)} <a href="{svg}">SVG</a></figcaption>'
-            "</figure>")
+def _figure(paths: dict, caption: str, html_dir=None) -> str:
+    """A figure with its SVG embedded as a data URI, shown at its natural size (never
+    enlarged, shrunk only to fit the window: its text then has the size
+    :mod:`msnet.plotting` set), so the page needs no other file. The caption names the PNG
+    and SVG files in ``figures/`` for papers."""
+    svg = Path(paths["svg"]).read_bytes()
+    width = svg_width_px(svg)
+    data = base64.b64encode(svg).decode("ascii")
+    names = " and ".join(Path(paths[k]).name for k in ("svg", "png") if paths.get(k))
+    size = f' width="{width:.0f}"' if width else ""
+    return (f'<figure><img alt="{html.escape(caption)}"{size} '
+            f'src="data:image/svg+xml;base64,{data}">'
+            f'<figcaption>{html.escape(caption)} <span class="note">(figures/: '
+            f'{html.escape(names)})</span></figcaption></figure>')
+
+
+def svg_width_px(svg: bytes) -> float | None:
+    """Width of a matplotlib SVG in CSS pixels (its ``width="...pt"``; 1 pt = 4/3 px)."""
+    match = re.search(rb'<svg[^>]*?\swidth="([0-9.]+)(pt|px)?"', svg[:4000])
+    if not match:
+        return None
+    value = float(match.group(1))
+    return value * 4 / 3 if match.group(2) == b"pt" else value
 
 
 def _exists(path) -> bool:
@@ -951,6 +1000,30 @@ def _within(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k")
 
 
+def _forest_range(forest: pd.DataFrame | None, nets: pd.DataFrame) -> tuple | None:
+    """One x range for every network's forest plot (studies' CIs, pooled CIs and prediction
+    intervals of the within-network metrics, 5 % margin), so the plots compare at a glance."""
+    metrics = [f"within_{n}" for n in ANALYSIS_NETWORKS]
+    values = []
+    for table, cols in ((forest, ("ci_low", "ci_high")),
+                        (nets, ("ci_low", "ci_high", "pi_low", "pi_high"))):
+        if table is None or "metric" not in table:
+            continue
+        rows = table[table["metric"].isin(metrics)]
+        if "included" in rows:
+            rows = rows[rows["included"].astype(str).str.lower().isin(["true", "1", "1.0"])]
+        values += [pd.to_numeric(rows[c], errors="coerce") for c in cols if c in rows]
+    if not values:
+        return None
+    allv = pd.concat(values)
+    allv = allv[np.isfinite(allv)]
+    if allv.empty:
+        return None
+    lo, hi = min(float(allv.min()), 0.0), max(float(allv.max()), 0.0)
+    pad = 0.05 * (hi - lo or 1.0)
+    return (lo - pad, hi + pad)
+
+
 def _cols(table: pd.DataFrame, columns) -> pd.DataFrame:
     return table[[c for c in columns if c in table.columns]]
 
@@ -1012,11 +1085,13 @@ class _Report:
             excl = qc[~qc["include"]]
             parts.append("<h3>Excluded subjects</h3>")
             parts.append(table_html(_cols(excl, ["study_id", "participant_id", "group",
-                                                 "exclusion_reason", "mean_fd", "pct_censored",
-                                                 "minutes_kept"]), scroll=True)
+                                                 "mean_fd", "pct_censored", "minutes_kept",
+                                                 "exclusion_reason"]), key=2)
                          if len(excl) else _p("No subject failed QC."))
-            parts.append(_details(f"Per-subject QC ({len(qc)} subjects)",
-                                  table_html(qc, scroll=True)))
+            parts.append(_details(f"Per-subject QC ({len(qc)} subjects)", table_html(_cols(qc, [
+                "study_id", "participant_id", "group", "include", "mean_fd", "max_fd",
+                "pct_censored", "minutes_kept", "n_volumes", "n_kept", "mean_dvars",
+                "tsnr_median", "tr", "exclusion_reason"]), key=2)))
         parts.append(self._excluded_inputs())
         return "".join(parts)
 
@@ -1025,8 +1100,8 @@ class _Report:
         for study, sub in qc.groupby("study_id", sort=True):
             inc = sub[sub["include"]]
             rows.append({"study_id": study, "subjects": len(sub), "included": len(inc),
-                         "MS included": int((inc["group"] == "MS").sum()),
-                         "HC included": int((inc["group"] == "HC").sum()),
+                         "ms_included": int((inc["group"] == "MS").sum()),
+                         "hc_included": int((inc["group"] == "HC").sum()),
                          "excluded": int((~sub["include"]).sum())})
         counts = pd.DataFrame(rows)
         total = counts.drop(columns="study_id").sum().to_dict()
@@ -1034,9 +1109,9 @@ class _Report:
                            ignore_index=True)
         text = (f"{len(qc)} subjects in {qc['study_id'].nunique()} studies; "
                 f"{int(qc['include'].sum())} included "
-                f"({int(total['MS included'])} MS, {int(total['HC included'])} HC), "
+                f"({int(total['ms_included'])} MS, {int(total['hc_included'])} HC), "
                 f"{int((~qc['include']).sum())} excluded by QC.")
-        out = _p(text) + table_html(counts, scroll=True)
+        out = _p(text) + table_html(counts)
         rules = exclusions_by_rule(qc)
         if len(rules):
             out += ("<h3>Exclusions by rule</h3>" + _p(
@@ -1051,15 +1126,15 @@ class _Report:
         rows = []
         order = sorted(set(inc["group"]), key=lambda g: ({"MS": 0, "HC": 1}.get(g, 2), g))
         for group, sub in ((g, inc[inc["group"] == g]) for g in order):
-            rows.append({"group": group, "n": len(sub), "mean FD (mm)": sub["mean_fd"].mean(),
-                         "SD FD": sub["mean_fd"].std(), "censored (%)":
-                         sub["pct_censored"].mean(), "minutes kept": sub["minutes_kept"].mean(),
-                         "tSNR (median)": sub["tsnr_median"].mean()})
+            rows.append({"group": group, "n": len(sub), "mean_fd": sub["mean_fd"].mean(),
+                         "sd_fd": sub["mean_fd"].std(), "pct_censored":
+                         sub["pct_censored"].mean(), "minutes_kept": sub["minutes_kept"].mean(),
+                         "tsnr_median": sub["tsnr_median"].mean()})
         text = "Motion of included subjects by group."
         ms, hc = (inc.loc[inc["group"] == grp, "mean_fd"].dropna() for grp in ("MS", "HC"))
         if len(ms) > 1 and len(hc) > 1:
             p = sps.ttest_ind(ms, hc, equal_var=False).pvalue
-            text += (f" Mean FD MS vs HC: Welch t-test p = {p:.3g} (mean FD is a covariate of "
+            text += (f" Mean FD MS vs HC: Welch t-test p {p_relation(p)} (mean FD is a covariate of "
                      "the group models).")
         return "<h3>Motion by group</h3>" + _p(text) + table_html(pd.DataFrame(rows))
 
@@ -1068,13 +1143,13 @@ class _Report:
         table = _read(self.inputs.get("excluded_inputs"))
         if table is not None:
             parts.append("<h3>Inputs excluded before processing</h3>")
-            parts.append(table_html(table, scroll=True) if len(table)
+            parts.append(table_html(table) if len(table)
                          else _p("No input was excluded (every participant had data)."))
         frames = [t for t in (_read(p) for p in _as_list(self.inputs.get("group_exclusions")))
                   if t is not None and len(t)]
         if frames:
             parts.append(_details("Exclusions recorded by the group and clinical stages",
-                                  table_html(pd.concat(frames, ignore_index=True), True)))
+                                  table_html(pd.concat(frames, ignore_index=True))))
         return "".join(parts)
 
     # ---------------------------------------------------------------- published findings
@@ -1124,16 +1199,18 @@ class _Report:
                 return ('<span class="missed">\u2717</span>', "\u2013", "\u2013", "\u2013",
                         "\u2013")
             peak = f"({row['peak_x']:.0f}, {row['peak_y']:.0f}, {row['peak_z']:.0f})"
-            return ('<span class="found">\u2713</span>', peak, f"{row['distance_mm']:.1f}",
+            return ('<span class="found">\u2713</span>', peak,
+                    format_value("distance_mm", row["distance_mm"]),
                     html.escape(str(row["peak_label"])),
-                    f"{stat} = {row['statistic']:.2f}, p<sub>FWE</sub> = {row['p_fwe']:.3g}")
+                    f"{stat} = {format_value('statistic', row['statistic'])}, p<sub>FWE</sub> "
+                    f"{html.escape(p_relation(row['p_fwe']))}")
 
-        head = ("<tr><th rowspan=2>finding</th><th rowspan=2>network</th><th rowspan=2>"
-                "direction</th><th rowspan=2>published region</th><th rowspan=2>msnet "
-                "coordinate (MNI; not published)</th><th colspan=5>meta-analysis</th>"
-                "<th colspan=5>mega-analysis</th></tr>"
-                "<tr>" + "<th>found</th><th>peak MNI</th><th>dist. (mm)</th><th>label</th>"
-                "<th>statistic</th>" * 2 + "</tr>")
+        head = ("<tr><th rowspan=2>Finding</th><th rowspan=2>Network</th><th rowspan=2>"
+                "Direction</th><th rowspan=2>Published region</th><th rowspan=2>msnet "
+                "coordinate (MNI; not published)</th><th colspan=5>Meta-analysis</th>"
+                "<th colspan=5>Mega-analysis</th></tr>"
+                "<tr>" + "<th>Found</th><th>Peak MNI</th><th>Distance (mm)</th><th>Label</th>"
+                "<th>Statistic</th>" * 2 + "</tr>")
         body = []
         meta = comparison[comparison["analysis"] == "meta"].set_index("finding")
         mega = comparison[comparison["analysis"] == "mega"].set_index("finding")
@@ -1146,8 +1223,10 @@ class _Report:
             for table, stat in ((meta, "z"), (mega, "t")):
                 cells += (list(cell(table.loc[finding], stat)) if finding in table.index
                           else ["\u2013"] * 5)
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        return (f'<div class="scroll"><table class="tbl"><thead>{head}</thead><tbody>'
+            body.append("<tr>" + "".join(
+                f'<td class="{"key" if i == 0 else "wrap" if i in (3, 8, 9, 13, 14) else "str"}">'
+                f"{c}</td>" for i, c in enumerate(cells)) + "</tr>")
+        return (f'<div class="tbl"><table class="tbl"><thead>{head}</thead><tbody>'
                 f'{"".join(body)}</tbody></table></div>')
 
     # ---------------------------------------------------------------- network meta
@@ -1159,13 +1238,15 @@ class _Report:
         if nets is None:
             return "".join(parts) + _na("Network-level meta-analysis tables")
         parts.append("<h3>Random-effects meta-analysis per metric</h3>")
-        parts.append(_p("g: pooled Hedges' g (MS \u2212 HC); pi: 95% prediction interval; "
-                        "tau2, i2 (%): heterogeneity; q_p: Cochran's Q test p.", "note"))
+        parts.append(_p("Hedges' g: pooled (MS \u2212 HC); PI: prediction interval; "
+                        "\u03c4\u00b2, I\u00b2: heterogeneity; Q p: Cochran's Q test p.",
+                        "note"))
         parts.append(table_html(_cols(_within(nets), [
             "metric", "model", "method", "k", "n_ms", "n_hc", "g", "ci_low", "ci_high", "p",
-            "pi_low", "pi_high", "tau2", "i2", "q_p", "k_excluded", "warning"]), scroll=True))
+            "pi_low", "pi_high", "tau2", "i2", "q_p", "k_excluded", "warning"])))
         forest = self.meta.get("forest")
         egger = self.meta.get("egger")
+        xlim = _forest_range(forest, nets)
         for net in ANALYSIS_NETWORKS:
             metric = f"within_{net}"
             row = nets[nets["metric"] == metric]
@@ -1177,7 +1258,7 @@ class _Report:
             title = f"{net}: within-network FC, MS vs HC"
             parts.append(f"<h3>{html.escape(net)}</h3><div class='row'>")
             parts.append(self.figure(
-                plot_forest(fdata, row.iloc[0], self.stem("forest", net), title),
+                plot_forest(fdata, row.iloc[0], self.stem("forest", net), title, xlim),
                 f"Forest plot, {net} within-network connectivity: Hedges' g and 95% CI per "
                 "study (square area \u221d random-effects weight), pooled estimate (diamond) "
                 "and 95% prediction interval."))
@@ -1224,15 +1305,15 @@ class _Report:
             g_full, p_full = float(full["g"].iloc[0]), float(full["p"].iloc[0])
             shift = (sub["g"] - g_full).abs()
             sig = sub["p"] < self.alpha_meta
-            rows.append({"metric": metric, "g": g_full, "p": p_full, "loo g min": sub["g"].min(),
-                         "loo g max": sub["g"].max(), "loo p max": sub["p"].max(),
-                         "most influential study": sub.loc[shift.idxmax(), "study_omitted"],
-                         "significance robust": bool((sig == (p_full < self.alpha_meta)).all())})
+            rows.append({"metric": metric, "g": g_full, "p": p_full, "loo_g_min": sub["g"].min(),
+                         "loo_g_max": sub["g"].max(), "loo_p_max": sub["p"].max(),
+                         "most_influential_study": sub.loc[shift.idxmax(), "study_omitted"],
+                         "significance_robust": bool((sig == (p_full < self.alpha_meta)).all())})
         return (head + _p("Range of the pooled g when each study is omitted in turn; "
                           "'significance robust': no omission changes significance at alpha "
                           f"= {self.alpha_meta:g}.", "note")
                 + table_html(pd.DataFrame(rows))
-                + _details("All leave-one-out fits", table_html(_within(loo), scroll=True)))
+                + _details("All leave-one-out fits", table_html(_within(loo))))
 
     # ---------------------------------------------------------------- meta-regression
     def meta_regression(self) -> str:
@@ -1243,13 +1324,14 @@ class _Report:
             return _na("Meta-regression table")
         slopes = reg[reg["moderator"].astype(str) != "intercept"] if len(reg) else reg
         parts = [self._metaregression_statement(slopes)]
-        parts.append(_p("model: single:<moderator> = one moderator at a time; joint = all "
+        parts.append(_p("Model: single:<moderator> = one moderator at a time; joint = all "
                         "moderators together (each row is one coefficient of that model). "
-                        "q_fdr: Benjamini-Hochberg q of p_perm (p without permutations) across "
-                        "metrics × moderators, per model type and kind of metric.", "note"))
+                        "FDR q: Benjamini-Hochberg q of the permutation p (p without "
+                        "permutations) across metrics × moderators, per model type and kind of "
+                        "metric.", "note"))
         parts.append(table_html(_cols(_within(slopes), [
             "metric", "model", "moderator", "k", "beta", "se", "ci_low", "ci_high", "p",
-            "p_perm", "q_fdr", "r2", "qm_p_perm", "warning"]), scroll=True))
+            "p_perm", "q_fdr", "r2", "qm_p_perm", "warning"])))
         forest, mods = self.meta.get("forest"), self.meta.get("moderators")
         if forest is None or mods is None:
             return "".join(parts) + _na("Bubble plots (forest data or moderators table)")
@@ -1332,8 +1414,7 @@ class _Report:
                 out.append(_na(f"{label} ({net})"))
             else:
                 out.append(f"<p><b>{html.escape(label)}</b> ({len(table)})</p>"
-                           + table_html(table.drop(columns=["network"], errors="ignore"),
-                                        scroll=True))
+                           + table_html(table.drop(columns=["network"], errors="ignore")))
         return "".join(out)
 
     # ---------------------------------------------------------------- clinical
@@ -1350,7 +1431,7 @@ class _Report:
             parts.append(self.unconverged("clinical_table"))
             parts.append(table_html(_cols(_within(table), [
                 "metric", "variable", "method", "n", "n_studies", "beta", "se", "ci_low",
-                "ci_high", "std_beta", "p", "q_fdr", "status", "reason"]), scroll=True))
+                "ci_high", "std_beta", "p", "q_fdr", "status", "reason"])))
         if scatter is None:
             parts.append(_na("Partial-regression data"))
         else:
@@ -1459,7 +1540,7 @@ class _Report:
         return (flag + _p(f"Two-stage random-effects meta-analysis (meta_*) next to the "
                           f"one-stage pooled mixed model (mega_*); same direction for "
                           f"{int(agree)} of {len(table)} metrics.")
-                + table_html(_within(table), scroll=True))
+                + table_html(_within(table)))
 
     # ---------------------------------------------------------------- methods
     def methods(self) -> str:
@@ -1541,7 +1622,7 @@ def _page(sections: list) -> str:
                    for (sid, title), content in zip(SECTIONS, sections))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>msnet report</title><style>{CSS}</style></head><body>"
+            f"<title>msnet report</title><style>{CSS}</style>{PRINT_SCRIPT}</head><body>"
             f"<nav>{nav}</nav><main><h1>msnet: resting-state networks in multiple sclerosis"
             f"</h1><p class=\"note\">MS vs healthy controls across studies: mega-analysis, "
             f"random-effects meta-analysis and clinical associations. msnet {__version__}."

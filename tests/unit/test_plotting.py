@@ -3,6 +3,7 @@ empty or degenerate inputs, and the same input gives the same bytes."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -47,6 +48,9 @@ def test_glass_brain_with_and_without_survivors(tmp_path):
     svg = assert_written(plotting.plot_glass_brain(*maps(0.0), empty, "SN empty", network="SN",
                                                    stat_label="z"), empty)
     assert "no voxel survives FWE p &lt; 0.05" in svg
+    z_map = tmp_path / "z"  # the colorbar says which statistic it shows
+    svg = assert_written(plotting.plot_glass_brain(*maps(6.0), z_map, "z", stat_label="z"), z_map)
+    assert re.search(r">z</text>", svg)
     weak = tmp_path / "weak"  # a blob that is not significant anywhere
     stat, _ = maps(6.0)
     logp = nib.Nifti1Image(np.full(SHAPE, 1.0, np.float32), AFFINE)  # p = 0.1 everywhere
@@ -70,6 +74,8 @@ def test_study_effects(tmp_path):
     stem = tmp_path / "effects"
     svg = assert_written(plotting.plot_study_effects(study_table(), stem), stem)
     assert "pooled (mega)" in svg and "DMN (within-network FC)" in svg
+    # the study without an estimate keeps its row, marked, and is named under the panels
+    assert "no estimate" in svg and "S01 (SMN)" in svg
     assert_written(plotting.plot_study_effects(pd.DataFrame(
         columns=["study_id", "metric", "g"]), tmp_path / "none"), tmp_path / "none")
 
@@ -95,7 +101,7 @@ META_ROW = {"metric": "within_DMN", "model": "random", "method": "REML", "k": 4,
 def test_forest_and_funnel(tmp_path):
     svg = assert_written(plotting.plot_forest(forest_rows(), META_ROW, tmp_path / "f", "DMN"),
                          tmp_path / "f")
-    assert "95% prediction interval" in svg and "1 study(ies) excluded" in svg
+    assert "95% prediction interval" in svg and "(no valid effect size): S04" in svg
     svg = assert_written(plotting.plot_funnel(forest_rows(), pd.Series(META_ROW),
                                               {"p": 0.4321}, tmp_path / "u", "DMN"),
                          tmp_path / "u")
@@ -143,6 +149,8 @@ def test_clinical_scatter(tmp_path):
     svg = assert_written(plotting.plot_clinical_scatter(scatter, tmp_path / "c", table),
                          tmp_path / "c")
     assert "β = 0.123" in svg and "MixedLM" in svg and "residual OLS" in svg
+    assert "disease duration (residual, years)" in svg and "EDSS (residual, EDSS points)" in svg
+    assert "FC (residual, Fisher z)" in svg
     assert_written(plotting.plot_clinical_scatter(scatter.iloc[:0], tmp_path / "c0"),
                    tmp_path / "c0")
 
@@ -162,3 +170,27 @@ def test_qc_overview(tmp_path, with_group):
     svg = assert_written(plotting.plot_qc_overview(table, stem, {"max_mean_fd": 0.5}), stem)
     assert "QC limit 0.5" in svg
     assert_written(plotting.plot_qc_overview(table.iloc[:0], tmp_path / "qc0"), tmp_path / "qc0")
+
+
+def min_font_px(svg: str, window_px: float = 1256.0) -> float:
+    """Smallest text of an SVG in CSS px as the report shows it: at its natural size
+    (1 pt = 4/3 px), shrunk only when wider than the content area of a 1,400-px window."""
+    width = float(re.search(r'viewBox="0 0 ([0-9.]+) ', svg).group(1))
+    shown = min(width * 4 / 3, window_px)
+    sizes = [float(x) for x in re.findall(r"font-size: ?([0-9.]+)px", svg)]
+    return min(sizes) * shown / width
+
+
+def test_text_is_readable_at_the_displayed_size(tmp_path):
+    """Text of at least 11.5 px where the report shows each figure (today's forest plot
+    text was about 7 px, glass-brain ticks about 6 px)."""
+    svgs = {
+        "forest": plotting.plot_forest(forest_rows(), META_ROW, tmp_path / "f", "t"),
+        "funnel": plotting.plot_funnel(forest_rows(), META_ROW, {"p": 0.2}, tmp_path / "u"),
+        "effects": plotting.plot_study_effects(study_table(), tmp_path / "e"),
+        "glass": plotting.plot_glass_brain(*maps(6.0), tmp_path / "g", "t", network="SN"),
+    }
+    for name, paths in svgs.items():
+        svg = Path(paths["svg"]).read_text()
+        assert min_font_px(svg) >= 11.5, name
+        assert float(re.search(r'viewBox="0 0 ([0-9.]+) ', svg).group(1)) * 4 / 3 <= 1256, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from pathlib import Path
@@ -393,7 +394,7 @@ def make_results(root, networks_with_maps=("DMN", "SN")):
 
 
 def _images(text):
-    return re.findall(r'<img [^>]*src="data:image/png;base64,([^"]*)"', text)
+    return re.findall(r'<img [^>]*src="data:image/svg\+xml;base64,([^"]*)"', text)
 
 
 @pytest.mark.slow
@@ -411,8 +412,9 @@ def test_build_report_full(tmp_path):
     images = _images(text)
     assert len(images) == text.count("<img ")
     for data in images:
-        assert base64.b64decode(data, validate=True).startswith(b"\x89PNG")
+        assert b"<svg" in base64.b64decode(data, validate=True)[:2000]
     assert not re.search(r'(src|href)="https?://', text)  # self-contained
+    assert not re.search(r'(src|href)="(?!data:|#)', text)  # no link to another file
     # figures: QC, study effects, 4 x (forest, funnel, bubble), clinical, 2 x 2 glass brains
     assert len(images) == 1 + 1 + 12 + 1 + 4
     for path in out["figures"]:
@@ -437,13 +439,87 @@ def test_build_report_full(tmp_path):
     assert "msnet coordinate (MNI; not published)" in text and "published MNI" not in text
     assert "representative MNI coordinate msnet chose" in text
     assert "Disrupted and reorganized connectivity of brain networks in multiple sclerosis" in text
-    # meta cluster tables show their z as peak_zstat
-    assert "<th>peak_zstat</th>" in text
+    # meta cluster tables show their z as z (the TSV's peak_zstat), pooled ones as t
+    assert '<th title="peak_zstat">Peak z</th>' in text
+    assert '<th title="peak_t">Peak t</th>' in text
     # citations.bib: every work of the reference list, with DOIs
     bib = (tmp_path / "citations.bib").read_text()
     assert out["citations"] == str(tmp_path / "citations.bib")
     refs = re.findall(r"<h3>References</h3><ol>(.*?)</ol>", text)[0].count("<li>")
     assert bib.count("@") == refs and "doi = {10.1016/j.neuroimage.2019.116290}" in bib
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    """The report of :func:`make_results` (maps for DMN and SN): its HTML text."""
+    root = tmp_path_factory.mktemp("full_report")
+    written = make_results(root)
+    inputs = report_inputs(root, STUDIES, written["subject_qc"], ("DMN", "SN"),
+                           written["excluded_inputs"])
+    build_report({"seed": 1}, inputs, root / "report.html", root / "figures")
+    return (root / "report.html").read_text()
+
+
+def html_tables(text):
+    """Every ``<table>`` of a page as (headers, rows of cell texts), tags stripped."""
+    def strip(cell):
+        return html.unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+    out = []
+    for table in re.findall(r"<table.*?</table>", text, flags=re.S):
+        heads = [strip(h) for h in re.findall(r"<th[^>]*>(.*?)</th>", table, flags=re.S)]
+        rows = [[strip(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+                for row in re.findall(r"<tbody>.*?</tbody>", table, flags=re.S)[0].split("<tr>")
+                if "<td" in row] if "<tbody>" in table else []
+        out.append((heads, rows))
+    return out
+
+
+@pytest.mark.slow
+def test_report_tables_are_for_people(full_report):
+    tables = html_tables(full_report)
+    assert len(tables) > 10
+    headers = [h for heads, _ in tables for h in heads]
+    assert not [h for h in headers if "_" in h]  # human headers, not snake_case
+    assert "Hedges' g" in headers and "FDR q" in headers and "Exclusion reason" in headers
+    p_heads = {"p", "FDR q", "Permutation p", "Q p", "Peak FWE p", "Cluster FWE p"}
+    n_p = 0
+    for heads, rows in tables:
+        if len(heads) != len(rows[0]) if rows else True:
+            continue
+        for col, head in enumerate(heads):
+            cells = [r[col] for r in rows]
+            if head in p_heads:  # p-values: "< 0.001" or three decimals
+                n_p += len(cells)
+                assert all(re.fullmatch(r"< 0\.001|[01]\.\d{3}|\u2013", c) for c in cells), \
+                    (head, cells)
+            if head in ("Hedges' g", "95% CI low", "95% CI high"):
+                assert all(re.fullmatch(r"-?\d+\.\d{2}|\u2013", c) for c in cells), (head, cells)
+    assert n_p > 20
+    cells = [c for _, rows in tables for r in rows for c in r]
+    assert "< 0.001" in cells
+    # rounded: at most 3 significant digits after the decimal point, nothing like 0.79858164
+    assert not [c for c in cells if re.fullmatch(r"-?\d+\.0*[1-9]\d{3,}", c)]
+    assert "within_DMN" not in cells and "DMN (within)" in cells
+    # no scroll box hides rows; every row of the QC table is in the page; print stylesheet
+    assert 'class="scroll"' not in full_report and "max-height" not in full_report
+    assert "@media print" in full_report
+    excluded = [t for t in tables if "Exclusion reason" in t[0]]
+    assert excluded and excluded[0][1][0][-1].startswith("mean FD 0.700 mm")
+
+
+@pytest.mark.slow
+def test_report_figures_are_embedded_svgs(full_report):
+    images = re.findall(r'<img [^>]*>', full_report)
+    assert images
+    for tag in images:
+        width = re.search(r'width="(\d+)"', tag)
+        data = re.search(r'src="data:image/svg\+xml;base64,([^"]*)"', tag)
+        assert width and data, tag[:200]
+        svg = base64.b64decode(data.group(1)).decode()
+        view = float(re.search(r'viewBox="0 0 ([0-9.]+) ', svg).group(1))
+        assert abs(float(width.group(1)) - view * 4 / 3) <= 1  # shown at its natural size
+    # nothing refers to another file: the page works when moved alone
+    assert not re.search(r'(src|href)="(?!data:|#)', full_report)
 
 
 def test_build_report_without_optional_inputs(tmp_path):
