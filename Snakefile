@@ -67,3 +67,12 @@ rule all:
     default_target: True
     input:
         ALL_TARGETS,
+
+
+onsuccess:
+    # The few lines a user needs at the end: report path, QC counts, warnings and where.
+    from msnet.logs import run_summary
+
+    print(
+        run_summary(config["results_dir"], studies=list(PLAN.studies["study_id"]))
+    )

@@ -1117,16 +1117,19 @@ def meta_networks(study_tables: dict, moderators, out_dir, options: dict | None 
             LOGGER.warning("no meta-regression on this moderator: %s", reason)
     fit_kw = {k: opts[k] for k in ("method", "knapp_hartung", "alpha", "min_studies")}
     main, loo, egger, metareg, forest = [], [], [], [], []
+    from msnet.logs import Collapsed
+
+    repeated = Collapsed(LOGGER, "metrics")  # one line per study exclusion, not per metric
     for metric, sub in effects.groupby("metric", sort=False):
         network = sub["network"].iloc[0]
         dropped = sub[~sub["included"]]
         for row in dropped.itertuples():
-            LOGGER.warning("%s: study %s excluded: %s", metric, row.study, row.exclusion_reason)
+            repeated.add(f"study {row.study} excluded: {row.exclusion_reason}", metric)
         ok = sub[sub["included"]]
         g, v = ok["g"].to_numpy(float), ok["var_g"].to_numpy(float)
         res = meta_analysis(g, v, **fit_kw)
         if res["warning"]:
-            LOGGER.warning("%s: %s", metric, res["warning"])
+            repeated.add(res["warning"], metric)
         excluded = "; ".join(f"{r.study}: {r.exclusion_reason}" for r in dropped.itertuples())
         main.append({"metric": metric, "network": network, **res,
                      "n_ms": ok["n_ms"].sum(min_count=1), "n_hc": ok["n_hc"].sum(min_count=1),
@@ -1140,6 +1143,7 @@ def meta_networks(study_tables: dict, moderators, out_dir, options: dict | None 
             tab = metaregression_table(ok["study"], g, v, mods, metric, opts)
             if len(tab):
                 metareg.append(tab.assign(**keys))
+    repeated.flush()
     paths = {
         "networks": out_dir / "meta_desc-networks_stats.tsv",
         "loo": out_dir / "meta_desc-loo_stats.tsv",
@@ -1206,8 +1210,11 @@ def _permuted_stats(make_block, n_perm, n_vox, n_studies):
     those voxels; blocks hold about ``_CHUNK_ELEMENTS / n_studies`` columns (several
     permutations of a small mask, or part of one permutation of a large mask).
     """
+    from msnet.logs import Progress
+
     cols = max(1, _CHUNK_ELEMENTS // n_studies)
     per, width = max(1, cols // n_vox), min(n_vox, cols)
+    progress = Progress(LOGGER, f"permutations ({n_vox} voxels, {n_studies} studies)", n_perm)
     for p0 in range(0, n_perm, per):
         ps = slice(p0, min(n_perm, p0 + per))
         stat = np.empty((ps.stop - ps.start, n_vox))
@@ -1215,6 +1222,7 @@ def _permuted_stats(make_block, n_perm, n_vox, n_studies):
             vs = slice(v0, min(n_vox, v0 + width))
             stat[:, vs] = make_block(ps, vs)
         yield ps, stat
+        progress.update(ps.stop)
 
 
 def _pooled_stat(Y, V, X, opts, min_studies):

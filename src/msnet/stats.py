@@ -1121,6 +1121,9 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
     del E
     batch = int(np.clip(batch_bytes // (8 * (null_t.rows + 2) * V), 1, n_perm))
     done = 0
+    from msnet.logs import Progress
+
+    progress = Progress(LOG, f"permutations ({V} voxels, n = {n})", n_perm)
     try:
         with threadpool_limits(limits=n_jobs, user_api="blas"):
             while done < n_perm:
@@ -1135,7 +1138,7 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
                         h0_size[done + rows], h0_mass[done + rows] = size, mass
                         h0_tfce[done + rows] = top
                 done += b
-                LOG.debug("permutations: %d/%d", done, n_perm)
+                progress.update(done)
     finally:
         if pool is not None:
             pool.shutdown()
