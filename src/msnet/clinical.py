@@ -37,7 +37,7 @@ from msnet.group import (NA, _expand, _restrict, analysis_metrics, complete_voxe
                          design_records, exclusion_record, exclusion_table, finish_table,
                          load_network_masks, load_subjects, map_sample, metric_sample,
                          permutation_inference, save_maps)
-from msnet.io.atomic import write_tsv
+from msnet.derivatives import write_table
 
 LOG = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def clinical_study(participants_tsv, qc_jsons, networks_tsvs, study_id, out_dir,
                                 False, int(opts["min_subjects"]), 1 - float(opts["alpha"]),
                                 study_id)
     path = Path(out_dir) / f"study-{study_id}_desc-clinical_networks.tsv"
-    write_tsv(table, path)
+    write_table(table, path)
     return str(path)
 
 
@@ -302,10 +302,10 @@ def clinical_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps, netw
     paths = {"networks": out_dir / "pooled_desc-clinical_networks.tsv",
              "scatter": out_dir / "pooled_desc-partialregression_scatter.tsv",
              "exclusions": out_dir / "pooled_desc-clinicalexclusions.tsv"}
-    write_tsv(table, paths["networks"])
-    write_tsv(partial_regression_data(ms, opts["variables"], opts["covariates"]),
-              paths["scatter"])
-    write_tsv(exclusion_table(records), paths["exclusions"])
+    write_table(table, paths["networks"])
+    write_table(partial_regression_data(ms, opts["variables"], opts["covariates"]),
+                paths["scatter"])
+    write_table(exclusion_table(records), paths["exclusions"])
     return {**{k: str(p) for k, p in paths.items()}, "maps": written, "clusters": clusters}
 
 
@@ -344,5 +344,5 @@ def _voxelwise_variable(data, Y, net, v, mask_img, opts, seed_keys, out_dir):
     ctab.insert(0, "network", net)
     written = save_maps(values, mask_img, prefix)
     cpath = Path(f"{prefix}_clusters.tsv")
-    write_tsv(ctab, cpath)
+    write_table(ctab, cpath)
     return written, str(cpath), records

@@ -846,47 +846,49 @@ def map_image(values, mask_img):
     return img
 
 
-def _roi_columns(info: pd.DataFrame) -> dict:
-    """BIDS-style column descriptions, one per ROI."""
-    out = {}
-    for row in info.itertuples(index=False):
-        out[row.roi] = {
-            "Description": f"Seitzman-2018 ROI {row.roi}, sphere of {row.radius:g} mm",
-            "Coordinates": [row.x, row.y, row.z],
-            "Network": row.network,
-            "SeitzmanNetwork": row.seitzman_network,
-            "Region": row.region,
-            "NVoxels": int(row.n_voxels),
-            "Fallback": bool(row.fallback),
-            "FallbackDistanceMM": row.fallback_distance_mm,
-        }
-    return out
+def _roi_coverage(info: pd.DataFrame) -> dict:
+    """This subject's sphere coverage: voxel count per ROI (atlas order) and the fallbacks.
+
+    The atlas itself (coordinates, networks, regions) is one file for the whole results
+    folder (:data:`msnet.derivatives.ATLAS_FILE`), not repeated in every subject's sidecar.
+    """
+    fallback = info[info["fallback"]]
+    return {
+        "ROIVoxelCounts": [int(n) for n in info["n_voxels"]],
+        "ROIFallbackDistanceMM": dict(zip(fallback["roi"], fallback["fallback_distance_mm"])),
+        "ROIMissing": list(info.loc[info["missing"], "roi"]),
+    }
 
 
 def _sidecars(result: SubjectConnectivity) -> tuple[dict, dict]:
+    from msnet.derivatives import ATLAS_URI
+
     common = {
-        "Atlas": "Seitzman et al. (2018) 300 ROIs (nilearn fetch_coords_seitzman_2018)",
+        "Atlas": ATLAS_URI,
+        "AtlasDescription": "Seitzman et al. (2018) 300 ROIs; the columns (and relmat rows) "
+                            "are the atlas table's 'name' column, in its order",
         "CoordinateSpace": "MNI152NLin2009cAsym (mm)",
         "SphereRule": "in-mask voxels within the radius plus the voxel containing the seed "
                       "(nilearn NiftiSpheresMasker); an empty sphere uses the nearest in-mask "
-                      "voxel (Fallback) within connectivity.roi_max_fallback_mm, else all n/a",
+                      "voxel (ROIFallbackDistanceMM) within connectivity.roi_max_fallback_mm, "
+                      "else all n/a (ROIMissing)",
+        **_roi_coverage(result.rois),
     }
-    columns = _roi_columns(result.rois)
     sample = None if result.sample_mask is None else np.asarray(result.sample_mask).tolist()
     ts = {
         **common,
         "Description": "Mean cleaned (not standardised) BOLD signal in each ROI sphere; one "
                        "row per kept volume (censored volumes removed).",
+        "Units": "BOLD signal (arbitrary units)",
         "RepetitionTime": result.tr,
         "SampleMask": sample,
-        **columns,
     }
     rel = {
         **common,
         "Description": "Fisher z (arctanh) of the Pearson correlation between ROI time "
                        "series. Diagonal n/a; edges with a missing or constant ROI n/a.",
+        "Units": "Fisher z",
         "roi": {"Description": "Row ROI name (columns are the same ROIs)."},
-        **columns,
     }
     return ts, rel
 
@@ -969,19 +971,28 @@ def write_subject_outputs(result: SubjectConnectivity, out_paths: dict) -> None:
         when seed maps were computed, ``seed_maps`` (network -> path). The time-series and
         matrix sidecars go to :func:`sidecar_path` of their TSV.
     """
-    from msnet.io.atomic import save_nifti, write_json
+    from msnet.derivatives import save_map, table_sidecar
+    from msnet.io.atomic import write_json
 
     _check_out_paths(out_paths, result.seed_maps is not None)
+    units = result.qc.get("connectivity", {}).get("stage2_units")
+    amplitude = {"Units": {"psc": "% signal change per SD of the network time course",
+                           "standardized": "standardised coefficient (data and time courses "
+                                           "z-scored)"}.get(units, units)} if units else {}
     for net in ANALYSIS_NETWORKS:
-        save_nifti(map_image(result.maps[net], result.mask_img), out_paths["maps"][net])
+        save_map(map_image(result.maps[net], result.mask_img), out_paths["maps"][net],
+                 amplitude)
     for net, values in (result.seed_maps or {}).items():
-        save_nifti(map_image(values, result.mask_img), out_paths["seed_maps"][net])
+        save_map(map_image(values, result.mask_img), out_paths["seed_maps"][net],
+                 {"Description": "Fisher z of the correlation between the seed's mean time "
+                                 "series and each voxel's.", "Units": "Fisher z"})
     ts_meta, rel_meta = _sidecars(result)
     _write_tsv(result.timeseries, out_paths["timeseries"])
     write_json(_json_safe(ts_meta), sidecar_path(out_paths["timeseries"]))
     _write_tsv(result.relmat.reset_index(), out_paths["relmat"])
     write_json(_json_safe(rel_meta), sidecar_path(out_paths["relmat"]))
     _write_tsv(result.networks, out_paths["networks"])
+    write_json(table_sidecar(result.networks.columns), sidecar_path(out_paths["networks"]))
     write_json(_json_safe(result.qc), out_paths["qc"])
     logger.info("wrote %s (include=%s)", out_paths["qc"], result.qc.get("include"))
 

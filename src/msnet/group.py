@@ -51,7 +51,7 @@ import pandas as pd
 from msnet import ANALYSIS_NETWORKS
 from msnet import stats as st
 from msnet.errors import MsnetInputError
-from msnet.io.atomic import save_nifti, write_tsv
+from msnet.derivatives import save_map, write_table
 
 LOG = logging.getLogger(__name__)
 
@@ -449,7 +449,7 @@ def make_network_masks(qc_jsons, maps: dict, out_dir, options=None, brain_mask=N
         vol = np.zeros(support.shape, np.uint8)
         vol[support] = keep
         path = Path(out_dir) / f"network-{net}_mask.nii.gz"
-        save_nifti(nib.Nifti1Image(vol, ref.affine), path)
+        save_map(nib.Nifti1Image(vol, ref.affine), path)
         LOG.info("mask %s: %d voxels from %d subjects", net, int(keep.sum()), len(good))
         out[net] = str(path)
     return out
@@ -780,7 +780,7 @@ def save_maps(values: dict, mask_img, prefix: Path) -> list:
         vol = np.full(mask.shape, 1.0 if name == "fdrq" else 0.0, np.float32)
         vol[mask] = v
         path = prefix.parent / f"{prefix.name}_stat-{name}_map.nii.gz"
-        save_nifti(nib.Nifti1Image(vol, mask_img.affine), path)
+        save_map(nib.Nifti1Image(vol, mask_img.affine), path)
         written.append(str(path))
     return written
 
@@ -880,8 +880,8 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
         records += rec
     paths = {"networks": out_dir / f"study-{study_id}_desc-MSvsHC_networks.tsv",
              "exclusions": out_dir / f"study-{study_id}_desc-exclusions.tsv"}
-    write_tsv(table, paths["networks"])
-    write_tsv(exclusion_table(records), paths["exclusions"])
+    write_table(table, paths["networks"])
+    write_table(exclusion_table(records), paths["exclusions"])
     return {"networks": str(paths["networks"]), "maps": written,
             "exclusions": str(paths["exclusions"])}
 
@@ -967,12 +967,12 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
         ctab.insert(0, "network", net)
         written += save_maps(values, mask_img, prefix)
         cpath = out_dir / f"pooled_network-{net}_clusters.tsv"
-        write_tsv(ctab, cpath)
+        write_table(ctab, cpath)
         clusters.append(str(cpath))
         records += rec
     paths = {"networks": out_dir / "pooled_desc-MSvsHC_networks.tsv",
              "exclusions": out_dir / "pooled_desc-exclusions.tsv"}
-    write_tsv(table, paths["networks"])
-    write_tsv(exclusion_table(records), paths["exclusions"])
+    write_table(table, paths["networks"])
+    write_table(exclusion_table(records), paths["exclusions"])
     return {"networks": str(paths["networks"]), "exclusions": str(paths["exclusions"]),
             "maps": written, "clusters": clusters}

@@ -75,7 +75,8 @@ from scipy import stats
 
 from msnet import stats as msstats
 from msnet.errors import MsnetInputError
-from msnet.io.atomic import save_nifti, write_json, write_tsv
+from msnet.derivatives import save_map, write_table
+from msnet.io.atomic import write_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -1162,7 +1163,7 @@ def meta_networks(study_tables: dict, moderators, out_dir, options: dict | None 
         "forest": pd.concat(forest, ignore_index=True),
     }
     for name, table in tables.items():
-        write_tsv(table, paths[name])
+        write_table(table, paths[name])
     return paths
 
 
@@ -1557,7 +1558,7 @@ def meta_voxelwise(g_maps: dict, varg_maps: dict, mask, network, moderators, out
     _save_map(res["fdr_q"], mask3d, mask_img, paths["fdrq"], fill=1.0)
     clusters = cluster_table(res, mask_img, opts["alpha"], network)
     paths["clusters"] = out_dir / f"{stem}_clusters.tsv"
-    write_tsv(clusters, paths["clusters"])
+    write_table(clusters, paths["clusters"])
     mods = _moderator_frame(moderators, kept).reindex(kept)
     mod_info = {}
     zeros = np.zeros(Y.shape[1])
@@ -1613,7 +1614,7 @@ def _save_map(values, mask, mask_img, path, fill=0.0):
 
     img = nib.Nifti1Image(_unmask(values, mask, fill), mask_img.affine)
     img.header.set_xyzt_units("mm")
-    save_nifti(img, path)
+    save_map(img, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -1666,7 +1667,7 @@ def meta_vs_mega(meta_table, mega_table, out_path, alpha=0.05) -> pd.DataFrame:
     table["difference"] = table["meta_g"] - table["mega_g"]
     table["same_direction"] = np.sign(table["meta_g"]) == np.sign(table["mega_g"])
     table["both_significant"] = (table["meta_p"] < alpha) & (table["mega_p"] < alpha)
-    write_tsv(table, out_path)
+    write_table(table, out_path)
     return table
 
 

@@ -344,9 +344,9 @@ def summarise_study_qc(qc_jsons, participants_tsv, study_id: str, out_tsv) -> No
     out_tsv : path
         Output TSV, written atomically.
     """
-    from msnet.io.atomic import write_tsv
+    from msnet.derivatives import write_table
 
-    write_tsv(qc_summary(qc_jsons, {study_id: participants_tsv}), out_tsv)
+    write_table(qc_summary(qc_jsons, {study_id: participants_tsv}), out_tsv)
 
 
 def read_study_qc(paths):

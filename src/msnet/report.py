@@ -36,7 +36,8 @@ import pandas as pd
 from msnet import ANALYSIS_NETWORKS, __version__
 from msnet.errors import MsnetInputError
 from msnet.formatting import TEXT_COLUMNS, column_label, format_number, format_value, p_relation
-from msnet.io.atomic import write_text, write_tsv
+from msnet.derivatives import write_table
+from msnet.io.atomic import write_text
 
 LOG = logging.getLogger(__name__)
 
@@ -1698,7 +1699,7 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
     rep = _Report(config, inputs, figures_dir, out_html.parent)
     comparison = published_comparison(rep.inputs.get("meta_maps"), rep.inputs.get("pooled_maps"),
                                       rep.alpha_meta, rep.alpha_group, rep.radius)
-    write_tsv(comparison, comparison_tsv)
+    write_table(comparison, comparison_tsv)
     sections = [rep.dataset_qc(), rep.published(comparison), rep.network_meta(),
                 rep.meta_regression(), rep.voxelwise(), rep.clinical(), rep.meta_vs_mega(),
                 rep.methods()]

@@ -383,7 +383,15 @@ def test_subject_outputs_written_and_readable(tmp_path, mask8, signals):
     nets = pd.read_csv(paths["networks"], sep="\t")
     assert list(nets.columns) == ["network_a", "network_b", "fc_z", "n_edges"]
     side = json.loads(conn.sidecar_path(paths["relmat"]).read_text())
-    assert side["ROI001"]["Network"] == "Auditory" and len(side["ROI001"]["Coordinates"]) == 3
+    # the atlas is one file of the results folder, referenced, not repeated per subject
+    assert side["Atlas"] == "bids::atlas/atlas-Seitzman300_dseg.tsv" and "ROI001" not in side
+    assert len(side["ROIVoxelCounts"]) == 300 and side["Units"] == "Fisher z"
+    assert set(json.loads(conn.sidecar_path(paths["networks"]).read_text())) == set(nets.columns)
+    from msnet.derivatives import sidecar_path
+
+    map_side = json.loads(sidecar_path(paths["maps"]["DMN"]).read_text())
+    assert map_side["Network"] == "DMN" and map_side["Level"] == "one subject"
+    assert map_side["Units"].startswith("% signal change")
     ts_side = json.loads(conn.sidecar_path(paths["timeseries"]).read_text())
     assert ts_side["RepetitionTime"] == 2.0 and ts_side["SampleMask"][0] == 2
 

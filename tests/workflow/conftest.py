@@ -179,4 +179,4 @@ def tiny_workflow(tmp_path_factory):
     command = snakemake_workdir(workdir, {**TINY_CONFIG, "results_dir": str(results)})
     proc = subprocess.run([*command, "--cores", "2"], cwd=workdir, capture_output=True,
                           text=True, timeout=1800)
-    return {"workdir": workdir, "results": results, "proc": proc}
+    return {"workdir": workdir, "results": results, "proc": proc, "command": command}

@@ -256,9 +256,9 @@ def record_excluded_inputs(records, path) -> None:
     path : str or Path
         Output TSV (written even when empty, with its header).
     """
-    from msnet.io.atomic import write_tsv
+    from msnet.derivatives import write_table
 
-    write_tsv(pd.DataFrame(records, columns=["study_id", "participant_id", "reason"]), path)
+    write_table(pd.DataFrame(records, columns=["study_id", "participant_id", "reason"]), path)
 
 
 def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = False) -> dict:
