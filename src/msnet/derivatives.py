@@ -395,8 +395,13 @@ def save_map(img, path, sidecar: dict | None = None) -> None:
 
 # --------------------------------------------------------------------------- dataset level
 def config_hash(config: dict) -> str:
-    """SHA-256 of the resolved configuration (canonical JSON: sorted keys)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    """SHA-256 of the resolved configuration (canonical JSON: sorted keys).
+
+    ``results_dir`` is left out: where the results are written is not a setting of the
+    analysis, and the same settings in two folders give the same files byte for byte.
+    """
+    settings = {k: v for k, v in config.items() if k != "results_dir"}
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -415,7 +420,7 @@ def dataset_description(config: dict, source_datasets=()) -> dict:
         "Version": __version__,
         "Description": "Multi-study resting-state network connectivity in MS (Snakemake "
                        f"workflow); configuration in {CONFIG_SNAPSHOT}, ConfigHash is the "
-                       "SHA-256 of its canonical JSON.",
+                       "SHA-256 of its canonical JSON without results_dir.",
         "ConfigHash": f"sha256:{config_hash(config)}",
     }
     if CODE_URL:

@@ -18,6 +18,8 @@ def test_config_hash_changes_with_any_setting_and_not_with_key_order():
     changed = validate_config({"meta": {"alpha": 0.01}})
     assert config_hash(config) != config_hash(changed)
     assert config_hash(config) == config_hash(dict(reversed(list(config.items()))))
+    # the folder is not a setting: the same settings elsewhere give the same files
+    assert config_hash(config) == config_hash({**config, "results_dir": "/elsewhere"})
 
 
 def test_dataset_description_is_a_bids_derivative_with_version_and_config_hash(tmp_path):
