@@ -62,6 +62,7 @@ GROUP_DEFAULTS = {
     "mask_template_threshold": 0.2,
     "mask_t_threshold": 5.0,
     "effect_size": "beta",
+    "harmonize": "none",
     **st.INFERENCE_DEFAULTS,
 }
 """Options of the ``group`` config section (see the module docstring and the report)."""
@@ -887,7 +888,8 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
 
 
 def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps,
-                          network_masks, out_dir, options=None) -> dict:
+                          network_masks, out_dir, options=None, harmonizer=None,
+                          label: str = "pooled") -> dict:
     """Pooled (mega-analysis) MS vs HC over all studies.
 
     Network level: MixedLM with a random intercept per study (:func:`pooled_group_effects`).
@@ -910,7 +912,12 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
     out_dir : path
         ``results/group/pooled``.
     options : dict
-        ``group`` options (:data:`GROUP_DEFAULTS`).
+        ``group`` options (:data:`GROUP_DEFAULTS`; ``harmonize`` is not used here: see
+        :func:`msnet.harmonize.compare_groups_pooled_combat`).
+    harmonizer : msnet.harmonize.Harmonizer, optional
+        Harmonises the network metrics and each network's maps before the models (ComBat).
+    label : str
+        File-name prefix of the outputs (``pooled``; ``pooled_harmonize-combat`` for ComBat).
 
     Returns
     -------
@@ -931,16 +938,23 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
     subjects, records = load_subjects(participants_tsvs, qc_jsons, networks_tsvs, maps)
     included = subjects[subjects["include"]]
     warn_standardized_units(included)
-    table, rec = pooled_group_effects(included, opts["covariates"], opts["min_per_group"],
+    net_sample = included
+    if harmonizer is not None:
+        net_sample, rec = harmonizer.metrics(included, analysis_metrics()["metric"])
+        records += rec
+    table, rec = pooled_group_effects(net_sample, opts["covariates"], opts["min_per_group"],
                                       level)
     records += rec
     written, clusters = [], []
     for k, (net, mask_img) in enumerate(load_network_masks(network_masks, maps).items()):
         data, Y, rec = map_sample(included, net, mask_img)
+        if harmonizer is not None:
+            data, Y, hrec = harmonizer.maps(data, Y, net)
+            rec += hrec
         design = st.build_design(data, ["group_ms"], opts["covariates"], study_col="study_id")
         rec += design_records(design, data, f"map:{net}", "pooled")
         n_ms, n_hc = _group_counts(design)
-        prefix = out_dir / f"pooled_network-{net}"
+        prefix = out_dir / f"{label}_network-{net}"
         reason = _too_small(n_ms, n_hc, design, opts["min_per_group"])
         if not reason:
             Yd = Y[data.index.get_indexer(design.index)]
@@ -966,12 +980,12 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
                                     ("MS>HC", "MS<HC"))
         ctab.insert(0, "network", net)
         written += save_maps(values, mask_img, prefix)
-        cpath = out_dir / f"pooled_network-{net}_clusters.tsv"
+        cpath = out_dir / f"{label}_network-{net}_clusters.tsv"
         write_table(ctab, cpath)
         clusters.append(str(cpath))
         records += rec
-    paths = {"networks": out_dir / "pooled_desc-MSvsHC_networks.tsv",
-             "exclusions": out_dir / "pooled_desc-exclusions.tsv"}
+    paths = {"networks": out_dir / f"{label}_desc-MSvsHC_networks.tsv",
+             "exclusions": out_dir / f"{label}_desc-exclusions.tsv"}
     write_table(table, paths["networks"])
     write_table(exclusion_table(records), paths["exclusions"])
     return {"networks": str(paths["networks"]), "exclusions": str(paths["exclusions"]),

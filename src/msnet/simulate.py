@@ -20,7 +20,9 @@ published finding so the location belongs to its network in both groups, and for
 subjects ``direction * delta_j * blob`` with ``delta_j ~ N(effect_size, effect_tau)`` per
 study. ``a_sk ~ N(1, amplitude_sd)``; MS amplitudes of the analysis networks are scaled by
 ``1 + clinical_slope * z`` (``z`` = clinical variable standardised with fixed population
-moments, see :func:`clinical_population_moments`).
+moments, see :func:`clinical_population_moments`). A scanner (site) effect per study,
+``m_i * M_sk + a_i * base map`` (``simulate.site_effect``, default off), lets tests check
+ComBat harmonisation (:func:`site_effects`, :func:`apply_site_effect`).
 
 Randomness: every draw comes from ``numpy.random.SeedSequence(seed, spawn_key=...)`` with a
 key of (stream, study index[, subject index]), so studies can be simulated in any order or in
@@ -85,6 +87,7 @@ SIM_DEFAULTS = {
     "motion_pct_per_mm": 1.5,
     "amplitude_sd": 0.15,
     "map_noise_sd": 0.15,
+    "site_effect": 0.0,
 }
 """Default simulation config (the demo). See :data:`SIM_RANGES` for allowed values."""
 
@@ -108,6 +111,7 @@ SIM_RANGES = {
     "motion_pct_per_mm": (0.0, 10.0),
     "amplitude_sd": (0.0, 0.5),
     "map_noise_sd": (0.0, 0.5),
+    "site_effect": (0.0, 1.0),
 }
 """Inclusive (min, max) of every numeric config key."""
 
@@ -134,6 +138,7 @@ HIGHPASS_PERIOD_S = 128.0
 """Cut-off period of fMRIPrep's DCT high-pass basis (``cosineXX``) and CompCor pre-filter."""
 
 _STREAM_PLAN, _STREAM_EFFECT, _STREAM_SUBJECT = 0, 1, 2
+_STREAM_SITE = 3
 _POPULATION_SEED = 20180426
 _PHENOTYPES = ("RRMS", "SPMS", "PPMS", "CIS")
 _PHENOTYPE_P = (0.80, 0.10, 0.06, 0.04)
@@ -375,6 +380,42 @@ def plan_effects(sim: dict, seed: int) -> pd.DataFrame:
         )
     table = pd.concat(rows, ignore_index=True)
     return table[["study_id", "finding", "network", "direction", "delta"]]
+
+
+def site_effects(sim: dict, seed: int) -> pd.DataFrame:
+    """Draw each study's scanner (site) effect on the subjects' generating network maps.
+
+    With ``s = simulate.site_effect``, study ``i`` gets an additive effect ``a_i ~ N(0, s)``
+    and a multiplicative one ``m_i = exp(N(0, s))``, applied by :func:`apply_site_effect`.
+    ``s = 0`` (default): ``a = 0``, ``m = 1`` and nothing changes (the draws use their own
+    random stream, so no other draw moves either).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``study_id``, ``site``, ``additive``, ``multiplicative`` (one row per study).
+    """
+    cfg = sim_config(sim)
+    rows = []
+    for i, study in enumerate(study_ids(cfg)):
+        add, log_mult = _rng(seed, _STREAM_SITE, i).normal(0.0, 1.0, 2) * cfg["site_effect"]
+        rows.append({"study_id": study, "site": f"site{i + 1:02d}", "additive": float(add),
+                     "multiplicative": float(np.exp(log_mult))})
+    return pd.DataFrame(rows)
+
+
+def apply_site_effect(maps, base_maps, additive: float, multiplicative: float):
+    """A subject's generating maps as its study's scanner records them.
+
+    ``multiplicative * maps + additive * base_maps``: the multiplicative effect scales the
+    whole map (its mean and the between-subject spread: ComBat's scale effect, and a location
+    effect proportional to the map), the additive one shifts every subject of the study by the
+    same multiple of the network's base map (a location effect). Unchanged when ``additive``
+    is 0 and ``multiplicative`` 1.
+    """
+    if additive == 0.0 and multiplicative == 1.0:
+        return maps
+    return np.float32(multiplicative) * maps + np.float32(additive) * base_maps
 
 
 def _clinical_factor(cfg: dict, row) -> float:
@@ -663,7 +704,7 @@ def _scale_in_time(cfg, motion) -> np.ndarray:
     return scale
 
 
-def simulate_subject(cfg: dict, grid: Grid, row, deltas, rng) -> SubjectSim:
+def simulate_subject(cfg: dict, grid: Grid, row, deltas, rng, site=(0.0, 1.0)) -> SubjectSim:
     """Simulate one subject's BOLD data and confounds.
 
     Parameters
@@ -678,6 +719,8 @@ def simulate_subject(cfg: dict, grid: Grid, row, deltas, rng) -> SubjectSim:
         Signed MS effects of the subject's study (``direction * delta``).
     rng : numpy.random.Generator
         The subject's generator (see :func:`subject_rng`).
+    site : (float, float)
+        The study's (additive, multiplicative) site effect (:func:`site_effects`).
 
     Returns
     -------
@@ -689,7 +732,7 @@ def simulate_subject(cfg: dict, grid: Grid, row, deltas, rng) -> SubjectSim:
     on the number of threads.
     """
     with _blas_controller().limit(limits=1):
-        return _simulate_subject(cfg, grid, row, deltas, rng)
+        return _simulate_subject(cfg, grid, row, deltas, rng, site)
 
 
 @lru_cache(maxsize=1)
@@ -701,12 +744,13 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def _simulate_subject(cfg, grid, row, deltas, rng) -> SubjectSim:
+def _simulate_subject(cfg, grid, row, deltas, rng, site=(0.0, 1.0)) -> SubjectSim:
     """Body of :func:`simulate_subject`."""
     n_time = cfg["n_volumes"]
     n_net = len(grid.names)
     fields = _smooth_fields(rng, grid, n_net + _N_NUISANCE_FIELDS)
     maps, amplitude, factor = _subject_maps(cfg, grid, row, deltas, fields[:n_net], rng)
+    maps = apply_site_effect(maps, grid.base_maps, *site)
     timecourses = _bandlimited(rng, n_time, n_net, cfg["tr"])
     motion = _motion_params(rng, n_time, bool(row["high_motion"]))
     x = _percent_signal(cfg, grid, rng, maps, timecourses, motion, fields[n_net:])
@@ -1089,9 +1133,11 @@ def iter_study_subjects(sim: dict, seed: int, study_id: str):
     effects = plan_effects(cfg, seed)
     effects = effects[effects["study_id"] == study_id]
     deltas = (effects["direction"] * effects["delta"]).to_numpy()
+    site = site_effects(cfg, seed).iloc[index]
+    site = (site["additive"], site["multiplicative"])
     grid = load_grid(cfg["resolution_mm"])
     for i, row in plan.iterrows():
-        yield row, simulate_subject(cfg, grid, row, deltas, subject_rng(seed, index, i))
+        yield row, simulate_subject(cfg, grid, row, deltas, subject_rng(seed, index, i), site)
 
 
 def simulate_study(sim: dict, seed: int, study_id: str, out_dir) -> None:
@@ -1182,8 +1228,11 @@ def write_dataset_index(sim: dict, seed: int, out_dir) -> None:
         "task": TASK,
         "space": SPACE,
         "studies": [
-            {"study_id": s, "site": site, "n_ms": n_ms, "n_hc": n_hc}
-            for s, site, (n_ms, n_hc) in zip(ids, studies["site"], sizes)
+            {"study_id": s, "site": site, "n_ms": n_ms, "n_hc": n_hc,
+             "site_additive": eff.additive, "site_multiplicative": eff.multiplicative}
+            for s, site, (n_ms, n_hc), eff in zip(
+                ids, studies["site"], sizes, site_effects(cfg, seed).itertuples()
+            )
         ],
         "findings": _findings_truth(cfg, seed),
         "clinical": _clinical_truth(cfg),
