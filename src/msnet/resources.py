@@ -70,7 +70,7 @@ class Workload:
 def workload(config: dict, plan) -> Workload:
     """The :class:`Workload` of a validated config and its plan.
 
-    For the demo the grid follows ``simulate.resolution_mm`` and ``simulate.n_volumes``; for
+    For the demo the grid follows ``simulate.resolution_mm`` and the longest simulated run; for
     real data it is read from the first subject's BOLD header (one header, no voxel data):
     studies with larger runs should set the subject rule's resources in the config.
     """
@@ -78,7 +78,10 @@ def workload(config: dict, plan) -> Workload:
     if config["data"]["mode"] == "simulate":
         res = config["simulate"]["resolution_mm"]
         grid = math.prod(math.ceil(e / res) for e in MNI_EXTENT_MM)
-        n_volumes = config["simulate"]["n_volumes"]
+        from msnet import simulate
+
+        sim = simulate.sim_config(config["simulate"])
+        n_volumes = max(volumes for volumes, _ in simulate.study_protocols(sim))
     else:
         import nibabel as nib
 

@@ -60,6 +60,20 @@ STUDY_SIZES = (
 """(n_MS, n_HC) of the 25 simulated studies (sum 1,524 / 886), mirroring the mix of small
 single-centre and a few large ICA rs-fMRI MS studies in the reference meta-analysis."""
 
+STUDY_PROTOCOLS = (
+    (150, 3.0), (200, 2.0), (120, 3.0), (180, 2.5), (240, 2.0), (150, 2.5), (200, 3.0),
+    (180, 2.0), (140, 3.0), (200, 2.0), (160, 2.5), (180, 2.0), (130, 3.0), (190, 2.0),
+    (150, 2.5), (200, 2.2), (140, 3.0), (240, 2.5), (180, 2.0), (120, 3.0), (150, 2.5),
+    (200, 2.0), (160, 3.0), (180, 2.0), (210, 2.0),
+)  # fmt: skip
+"""(volumes, TR in s) of each simulated study's resting-state run when ``simulate.n_volumes``
+/ ``simulate.tr`` are null (the default): 6 to 10 minutes at TR 2 to 3 s, the range of the
+ICA rs-fMRI MS studies of the period (illustrative protocols, not taken study by study from
+the papers). Shorter runs leave too few effective degrees of freedom to tell the networks apart:
+at 140 volumes x 2 s (4.7 min) about 13 % of low-motion subjects fail the VIF rule of
+:mod:`msnet.connectivity`; at 6 minutes or more none did (52 subjects each, 140 x 3 s and
+200 x 2 s)."""
+
 STUDY_IDS = tuple(f"S{i + 1:02d}" for i in range(len(STUDY_SIZES)))
 """Study identifiers ``S01`` .. ``S25``."""
 
@@ -71,8 +85,8 @@ SIM_DEFAULTS = {
     "n_studies": 25,
     "min_per_group": 3,
     "resolution_mm": 4,
-    "n_volumes": 140,
-    "tr": 2.0,
+    "n_volumes": None,
+    "tr": None,
     "n_dummy": 2,
     "effect_size": 0.5,
     "effect_tau": 0.08,
@@ -183,7 +197,9 @@ def sim_config(sim: dict | None) -> dict:
     cfg = {**SIM_DEFAULTS, **sim}
     for key, (lo, hi) in SIM_RANGES.items():
         value = cfg[key]
-        integer = isinstance(SIM_DEFAULTS[key], int)
+        if value is None and key in _PER_STUDY:
+            continue
+        integer = isinstance(SIM_DEFAULTS[key], int) or key == "n_volumes"
         ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(
             value, (int, float, np.integer, np.floating)
         )
@@ -197,12 +213,30 @@ def sim_config(sim: dict | None) -> dict:
             f"config simulate.clinical_variable={cfg['clinical_variable']!r}: "
             f"must be one of {CLINICAL_VARIABLES}"
         )
-    if cfg["n_dummy"] >= cfg["n_volumes"] - 20:
+    shortest = min(volumes for volumes, _ in study_protocols(cfg))
+    if cfg["n_dummy"] >= shortest - 20:
         raise MsnetInputError(
             f"config simulate.n_dummy={cfg['n_dummy']}: leaves fewer than 20 steady-state "
-            f"volumes of n_volumes={cfg['n_volumes']}; lower n_dummy or raise n_volumes"
+            f"volumes of n_volumes={shortest}; lower n_dummy or raise n_volumes"
         )
     return cfg
+
+
+_PER_STUDY = ("n_volumes", "tr")
+"""Simulation keys that may be null: each study then uses its :data:`STUDY_PROTOCOLS` entry."""
+
+
+def study_protocols(cfg: dict) -> list[tuple[int, float]]:
+    """(volumes, TR) of each simulated study: :data:`STUDY_PROTOCOLS`, with
+    ``simulate.n_volumes`` / ``simulate.tr`` replacing every study's value when set."""
+    return [(cfg["n_volumes"] or volumes, cfg["tr"] or tr)
+            for volumes, tr in STUDY_PROTOCOLS[: cfg["n_studies"]]]
+
+
+def study_config(cfg: dict, study_id: str) -> dict:
+    """The simulation config of one study: ``n_volumes`` and ``tr`` set to its protocol."""
+    volumes, tr = study_protocols(cfg)[study_index(study_id)]
+    return {**cfg, "n_volumes": volumes, "tr": tr}
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -1129,6 +1163,7 @@ def iter_study_subjects(sim: dict, seed: int, study_id: str):
     cfg = sim_config(sim)
     index = study_index(study_id)
     plan = plan_dataset(cfg, seed)
+    cfg = study_config(cfg, study_id)
     plan = plan[plan["study_id"] == study_id].reset_index(drop=True)
     effects = plan_effects(cfg, seed)
     effects = effects[effects["study_id"] == study_id]
@@ -1162,8 +1197,7 @@ def simulate_study(sim: dict, seed: int, study_id: str, out_dir) -> None:
     out_dir : str or Path
         Dataset root (the directory of ``studies.tsv``).
     """
-    cfg = sim_config(sim)
-    study_index(study_id)
+    cfg = study_config(sim_config(sim), study_id)
     grid = load_grid(cfg["resolution_mm"])
     study_dir = Path(out_dir) / f"study-{study_id}"
     rows, truth = [], []

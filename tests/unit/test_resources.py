@@ -2,6 +2,7 @@
 
 import pytest
 
+from msnet import simulate
 from msnet.config import validate_config
 from msnet.io.plan import build_plan
 from msnet.resources import Workload, estimate, rule_resource, workload
@@ -46,7 +47,10 @@ def test_requests_grow_with_subjects_voxels_and_permutations():
 def test_demo_workload_comes_from_the_simulation_settings():
     config = validate_config({"simulate": {"n_studies": 3, "resolution_mm": 8}})
     w = workload(config, build_plan(config))
-    assert w.n_studies == 3 and w.n_volumes == config["simulate"]["n_volumes"]
+    assert w.n_studies == 3  # the longest of the three studies' runs (n_volumes null):
+    assert w.n_volumes == max(volumes for volumes, _ in simulate.STUDY_PROTOCOLS[:3])
+    fixed = validate_config({"simulate": {"n_studies": 3, "resolution_mm": 8, "n_volumes": 90}})
+    assert workload(fixed, build_plan(fixed)).n_volumes == 90
     assert w.grid_voxels == 23 * 28 * 23  # 182 x 218 x 182 mm at 8 mm
     assert w.permutations["group"] == config["group"]["n_permutations"]
 

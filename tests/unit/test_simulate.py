@@ -195,10 +195,11 @@ def test_study_layout_and_metadata(tiny, grid):
         assert row["participant_id"] == pid
         paths = simulate.subject_paths(study, pid, 8)
         assert all(p.exists() for p in paths.values())
-        assert json.loads(paths["bold_json"].read_text())["RepetitionTime"] == 2.0
+        tr = simulate.STUDY_PROTOCOLS[simulate.study_index(STUDY)][1]  # TINY leaves tr null
+        assert json.loads(paths["bold_json"].read_text())["RepetitionTime"] == tr
         img = nib.load(paths["bold"])
         assert img.shape == grid.mask.shape + (40,) and img.get_data_dtype() == np.int16
-        assert img.header.get_zooms() == (8.0, 8.0, 8.0, 2.0)
+        assert img.header.get_zooms() == (8.0, 8.0, 8.0, tr)
         np.testing.assert_array_equal(_load(paths["bold"], grid), sub.bold)
         np.testing.assert_array_equal(nib.load(paths["mask"]).get_fdata() > 0, grid.mask)
 
@@ -360,3 +361,18 @@ def test_dataset_index_and_ground_truth(tiny):
         assert f["mni"] == list(published[4]) and len(f["per_study_effect"]) == 25
         assert np.linalg.norm(np.subtract(f["voxel_mni"], f["mni"])) <= 8 * np.sqrt(3) / 2
     assert truth["clinical"]["slope"] == 0.0 and truth["clinical"]["variable"] == "edss"
+
+
+def test_study_protocols_are_published_run_lengths_unless_overridden():
+    """Null n_volumes/tr: each study its own 6-10 min run at TR 2-3 s (several protocols, as in
+    a real consortium); a number replaces every study's value; the written runs follow it."""
+    default = simulate.study_protocols(simulate.sim_config({}))
+    assert len(default) == 25 and len(set(default)) > 5
+    for volumes, tr in default:
+        assert 2.0 <= tr <= 3.0 and 6.0 <= volumes * tr / 60 <= 10.0
+    fixed = simulate.study_protocols(simulate.sim_config({"n_volumes": 90}))
+    assert [v for v, _ in fixed] == [90] * 25 and [t for _, t in fixed] == [t for _, t in default]
+    cfg = simulate.study_config(simulate.sim_config({"tr": 1.5}), "S05")
+    assert (cfg["n_volumes"], cfg["tr"]) == (simulate.STUDY_PROTOCOLS[4][0], 1.5)
+    with pytest.raises(MsnetInputError, match="n_dummy"):
+        simulate.sim_config({"n_dummy": 10, "n_volumes": 30})
