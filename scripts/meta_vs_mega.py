@@ -5,4 +5,4 @@ from msnet.meta import meta_vs_mega
 
 log_to_file(snakemake.log[0])
 meta_vs_mega(snakemake.input.meta, snakemake.input.mega, snakemake.output.table,
-             alpha=snakemake.params.alpha)
+             alpha=snakemake.params.alpha, combat_table=snakemake.input.combat or None)

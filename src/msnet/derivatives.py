@@ -155,7 +155,9 @@ COLUMNS = {
                                               "study": "a whole study",
                                               "covariate": "a covariate of a model"}),
     "scope": _c("Which analyses the exclusion applies to: 'all', 'metric:<metric>', "
-                "'map:<network>' or 'map:<network>/var:<variable>' (comma-separated)."),
+                "'map:<network>' or 'map:<network>/var:<variable>' (comma-separated); in the "
+                "ComBat shrinkage table what was harmonised: 'metrics' (the network-level "
+                "metrics jointly) or 'map:<network>' (its maps over the analysis mask)."),
     "x_resid": _c("Clinical variable residualised on the other terms (partial regression)."),
     "y_resid": _c("Connectivity metric residualised on the other terms (partial regression).",
                   "Fisher z"),
@@ -253,6 +255,33 @@ COLUMNS = {
     "combat_ci_high": _c("Upper CI bound of combat_g.", "Hedges g"),
     "combat_p": _c("p-value of the ComBat-harmonised pooled model's group effect."),
     "combat_difference": _c("combat_g - mega_g.", "Hedges g"),
+    # ComBat empirical-Bayes shrinkage per site (msnet.harmonize.shrinkage_table)
+    "batch": _c("ComBat batch: the studies.tsv site (the study when no site is given)."),
+    "studies": _c("Studies in the batch (comma-separated)."),
+    "n_subjects": _c("Subjects of the batch in the ComBat model."),
+    "n_features": _c("Features (metrics or voxels) harmonised."),
+    "gamma_hat_mean": _c("Mean over features of the least-squares additive site effect.",
+                         "pooled residual SD"),
+    "gamma_hat_sd": _c("SD over features of the least-squares additive site effect.",
+                       "pooled residual SD"),
+    "gamma_star_mean": _c("Mean over features of the empirical-Bayes additive site effect.",
+                          "pooled residual SD"),
+    "gamma_star_sd": _c("SD over features of the empirical-Bayes additive site effect.",
+                        "pooled residual SD"),
+    "gamma_prior_mean": _c("Mean of the site's normal prior of the additive effect "
+                           "(gamma_bar).", "pooled residual SD"),
+    "gamma_prior_var": _c("Variance of the site's normal prior of the additive effect (tau^2)."),
+    "additive_shrinkage": _c("Median over features of the prior's weight in the posterior "
+                             "additive effect, delta* / (n tau^2 + delta*): 0 = no shrinkage, "
+                             "1 = every feature set to the prior mean."),
+    "delta_hat_mean": _c("Mean over features of the least-squares multiplicative site effect "
+                         "(variance ratio)."),
+    "delta_star_mean": _c("Mean over features of the empirical-Bayes multiplicative site "
+                          "effect (variance ratio)."),
+    "delta_prior_mean": _c("Mean of the site's inverse-gamma prior of the multiplicative "
+                           "effect, b / (a - 1)."),
+    "multiplicative_shrinkage": _c("The prior's weight in the posterior multiplicative "
+                                   "effect, (a - 1) / (n / 2 + a - 1)."),
     # ---------------------------------------------------------------- published comparison
     "published_label": _c("Region of the published finding."),
     "representative_x": _c("x of msnet's representative coordinate for the published region "

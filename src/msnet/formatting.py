@@ -25,7 +25,7 @@ MISSING = "\u2013"
 
 P_COLUMNS = frozenset({
     "p", "p_perm", "q_fdr", "q_p", "qm_p", "qm_p_perm", "qe_p", "p_fwe", "peak_p_fwe",
-    "cluster_p_fwe", "meta_p", "mega_p", "loo_p_max", "p_welch"})
+    "cluster_p_fwe", "meta_p", "mega_p", "combat_p", "loo_p_max", "p_welch"})
 """Columns holding p-values or FDR q-values (``q``, Cochran's Q statistic, is not one)."""
 
 DECIMALS = {
@@ -37,6 +37,11 @@ DECIMALS = {
     **dict.fromkeys(("g", "ci_low", "ci_high", "g_ci_low", "g_ci_high", "pi_low", "pi_high",
                      "d", "t", "z", "statistic", "peak_t", "peak_zstat", "peak_g", "meta_g",
                      "meta_ci_low", "meta_ci_high", "mega_g", "mega_ci_low", "mega_ci_high",
+                     "combat_g", "combat_ci_low", "combat_ci_high", "combat_difference",
+                     "additive_shrinkage", "multiplicative_shrinkage", "gamma_hat_mean",
+                     "gamma_hat_sd", "gamma_star_mean", "gamma_star_sd", "gamma_prior_mean",
+                     "gamma_prior_var", "delta_hat_mean", "delta_star_mean",
+                     "delta_prior_mean",
                      "loo_g_min", "loo_g_max", "mean_fd", "max_fd", "sd_fd", "mean_std_dvars",
                      "tr", "h2", "r2", "edss", "qm", "qe", "q", "std_beta"), 2),
     **dict.fromkeys(("tau2", "tau", "tau2_ci_low", "tau2_ci_high", "tau2_null", "meta_tau2",
@@ -99,6 +104,16 @@ LABELS = {
     "meta_i2": "Meta I\u00b2 (%)", "meta_tau2": "Meta \u03c4\u00b2",
     "mega_n_studies": "Mega studies", "mega_g": "Mega g", "mega_ci_low": "Mega 95% CI low",
     "mega_ci_high": "Mega 95% CI high", "mega_p": "Mega p",
+    "combat_n_studies": "ComBat-mega studies", "combat_g": "ComBat-mega g",
+    "combat_ci_low": "ComBat-mega 95% CI low", "combat_ci_high": "ComBat-mega 95% CI high",
+    "combat_p": "ComBat-mega p", "combat_difference": "ComBat-mega \u2212 mega",
+    "batch": "Site (batch)", "n_features": "Features",
+    "gamma_hat_mean": "\u03b3\u0302 mean", "gamma_hat_sd": "\u03b3\u0302 SD",
+    "gamma_star_mean": "\u03b3* mean", "gamma_star_sd": "\u03b3* SD",
+    "gamma_prior_mean": "Prior \u03b3\u0304", "gamma_prior_var": "Prior \u03c4\u00b2",
+    "additive_shrinkage": "Additive shrinkage", "delta_hat_mean": "\u03b4\u0302 mean",
+    "delta_star_mean": "\u03b4* mean", "delta_prior_mean": "Prior \u03b4 mean",
+    "multiplicative_shrinkage": "Multiplicative shrinkage",
     "same_direction": "Same direction", "both_significant": "Both significant",
     "loo_g_min": "Leave-one-out g min", "loo_g_max": "Leave-one-out g max",
     "loo_p_max": "Leave-one-out p max", "most_influential_study": "Most influential study",

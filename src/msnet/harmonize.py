@@ -367,11 +367,11 @@ class Harmonizer:
 
     def write_shrinkage(self, path) -> pd.DataFrame:
         """Write the shrinkage tables of every harmonised scope to one TSV."""
-        from msnet.io.atomic import write_tsv
+        from msnet.derivatives import write_table
 
         table = (pd.concat(self.shrinkage, ignore_index=True) if self.shrinkage
                  else pd.DataFrame(columns=SHRINKAGE_COLUMNS))
-        write_tsv(table, path)
+        write_table(table, path)
         return table
 
 

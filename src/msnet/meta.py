@@ -1620,7 +1620,8 @@ def _save_map(values, mask, mask_img, path, fill=0.0):
 # --------------------------------------------------------------------------------------
 # meta versus mega
 # --------------------------------------------------------------------------------------
-def meta_vs_mega(meta_table, mega_table, out_path, alpha=0.05) -> pd.DataFrame:
+def meta_vs_mega(meta_table, mega_table, out_path, alpha=0.05,
+                 combat_table=None) -> pd.DataFrame:
     """Put the two-stage meta-analysis next to the pooled mega-analysis, per metric.
 
     Both sides are compared on the Hedges g scale: the mega-analysis ``g`` (with
@@ -1641,6 +1642,10 @@ def meta_vs_mega(meta_table, mega_table, out_path, alpha=0.05) -> pd.DataFrame:
         Output TSV (suggested ``results/meta/meta_desc-metavsmega_stats.tsv``).
     alpha : float
         Significance level of ``both_significant``.
+    combat_table : str, Path or pandas.DataFrame, optional
+        The mega-analysis on ComBat-harmonised data
+        (``pooled_harmonize-combat_desc-MSvsHC_networks.tsv``, :mod:`msnet.harmonize`); adds
+        its columns with the prefix ``combat_`` and ``combat_difference`` (ComBat-mega - mega).
 
     Returns
     -------
@@ -1648,7 +1653,9 @@ def meta_vs_mega(meta_table, mega_table, out_path, alpha=0.05) -> pd.DataFrame:
         ``metric``, ``network``, ``meta_k``, ``meta_model``, ``meta_g``, ``meta_ci_low``,
         ``meta_ci_high``, ``meta_p``, ``meta_i2``, ``meta_tau2``, ``mega_n_studies``,
         ``mega_g``, ``mega_ci_low``, ``mega_ci_high``, ``mega_p``, ``difference``
-        (meta - mega), ``same_direction``, ``both_significant`` (p < alpha in both).
+        (meta - mega), ``same_direction``, ``both_significant`` (p < alpha in both); with
+        ``combat_table`` also ``combat_n_studies``, ``combat_g``, ``combat_ci_low``,
+        ``combat_ci_high``, ``combat_p``, ``combat_difference``.
     """
     meta = _read_table(meta_table, "meta-analysis")
     mega = _standard_columns(_read_table(mega_table, "mega-analysis"))
@@ -1667,6 +1674,17 @@ def meta_vs_mega(meta_table, mega_table, out_path, alpha=0.05) -> pd.DataFrame:
     table["difference"] = table["meta_g"] - table["mega_g"]
     table["same_direction"] = np.sign(table["meta_g"]) == np.sign(table["mega_g"])
     table["both_significant"] = (table["meta_p"] < alpha) & (table["mega_p"] < alpha)
+    if combat_table is not None:
+        combat = _standard_columns(_read_table(combat_table, "ComBat mega-analysis"))
+        if "g" not in combat and "estimate" in combat:
+            combat = combat.rename(columns={"estimate": "g"})
+        missing = sorted({"metric", "g", "p"} - set(combat.columns))
+        if missing:
+            raise MsnetInputError(f"ComBat mega-analysis table lacks column(s) {missing}.")
+        combat = combat.reindex(columns=["metric", "n_studies", "g", "ci_low", "ci_high", "p"])
+        table = table.merge(combat.rename(columns={c: f"combat_{c}" for c in combat.columns[1:]}),
+                            on="metric", how="left")
+        table["combat_difference"] = table["combat_g"] - table["mega_g"]
     write_table(table, out_path)
     return table
 

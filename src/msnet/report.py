@@ -233,6 +233,13 @@ _REFS = (
                                                           "Letcher B"),
               "Sustainable data analysis with Snakemake", "F1000Research", 2021, "10", "33",
               "10.12688/f1000research.29032.2", et_al=True),
+    Reference("johnson2007", "Johnson et al., 2007", ("Johnson WE", "Li C", "Rabinovic A"),
+              "Adjusting batch effects in microarray expression data using empirical Bayes "
+              "methods", "Biostatistics", 2007, "8", "118-127", "10.1093/biostatistics/kxj037"),
+    Reference("fortin2018", "Fortin et al., 2018", ("Fortin JP", "Cullen N", "Sheline YI"),
+              "Harmonization of cortical thickness measurements across scanners and sites",
+              "NeuroImage", 2018, "167", "104-120", "10.1016/j.neuroimage.2017.11.024",
+              et_al=True),
 )
 
 REFERENCES = {r.key: r for r in _REFS}
@@ -718,6 +725,8 @@ def methods_text(config: dict, versions: dict | None = None,
         "within each network's mask, ordinary least squares with study indicators and "
         f"{_inference_text(g)}. Studies with fewer than {g['min_per_group']} subjects in a "
         "group were left out of per-study statistics.")
+    if g.get("harmonize", "none") == "combat":
+        paras.append(_combat_text(g))
     ccov = _adjusted(covariates_used.get("clinical", (cl["covariates"], "")))
     paras.append(
         f"Clinical associations. Within MS, connectivity was regressed on "
@@ -749,6 +758,28 @@ def methods_text(config: dict, versions: dict | None = None,
     body = "\n\n".join(paras)
     refs = cited_references(body)
     return body + "\n\nReferences\n" + "\n".join(r.text() for r in refs)
+
+
+def _combat_text(g: dict) -> str:
+    """The harmonisation paragraph (``group.harmonize: combat``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lib = f"neuroHarmonize {version('neuroHarmonize')}"
+    except PackageNotFoundError:
+        lib = "neuroHarmonize"
+    return (
+        "Harmonisation. Beside the pooled models above, the same pooled models were fitted "
+        f"after ComBat harmonisation with {lib} {_cite('johnson2007', 'fortin2018')} of the "
+        "network-level metrics (jointly) and of each network's stage-2 maps over the voxels of "
+        "its analysis mask, with the studies.tsv site of each study as batch (the study itself "
+        f"where no site was given) and group, the covariates ({_names(g['covariates'])}) and "
+        "the clinical variables present "
+        "(disease duration, EDSS, T2 lesion volume; centred on the MS mean and 0 for HC) "
+        "preserved as covariates, so that the MS effect and the within-MS clinical slopes are "
+        "kept. Additive and multiplicative site effects were shrunk towards their site-wide "
+        "priors by parametric empirical Bayes; the shrinkage per site is tabulated in this "
+        "report. The meta-analysis used the per-study (unharmonised) effect sizes.")
 
 
 def _meta_text(m: dict) -> str:
@@ -1538,10 +1569,47 @@ class _Report:
             return flag + _na("Meta vs mega table")
         agree = table["same_direction"].astype(str).str.lower().eq("true").sum() \
             if "same_direction" in table else 0
-        return (flag + _p(f"Two-stage random-effects meta-analysis (meta_*) next to the "
-                          f"one-stage pooled mixed model (mega_*); same direction for "
-                          f"{int(agree)} of {len(table)} metrics.")
-                + table_html(_within(table)))
+        text = (f"Two-stage random-effects meta-analysis (meta_*) next to the one-stage "
+                f"pooled mixed model (mega_*); same direction for {int(agree)} of "
+                f"{len(table)} metrics.")
+        if "combat_g" in table:
+            text += (" ComBat-mega (combat_*): the same pooled model on ComBat-harmonised "
+                     "data (group.harmonize: combat); combat_difference = ComBat-mega − "
+                     "mega.")
+        return flag + _p(text) + table_html(_within(table)) + self.combat()
+
+    def combat(self) -> str:
+        """ComBat (``group.harmonize: combat``): published findings recovered by the pooled
+        model with and without harmonisation, and the empirical-Bayes shrinkage per site."""
+        maps = self.inputs.get("combat_maps")
+        if not maps and not self.inputs.get("combat_shrinkage"):
+            return ""
+        out = "<h3>ComBat harmonisation</h3>"
+        if maps:
+            found = {}
+            for name, pooled in (("mega", self.inputs.get("pooled_maps") or {}),
+                                 ("ComBat-mega", maps)):
+                try:
+                    found[name] = sum(int(compare_with_published(
+                        pooled[n]["t"], pooled[n]["logpfwe"], n, self.alpha_group,
+                        self.radius)["found"].sum()) for n in pooled)
+                except (MsnetInputError, OSError, KeyError):
+                    found[name] = None
+            from msnet.atlas import published_findings
+
+            n_find = len(published_findings())
+            out += _p("Published locations recovered (FWE-significant peak of the published "
+                      "sign within the search radius): "
+                      + "; ".join(f"{k} {'n/a' if v is None else v} of {n_find}"
+                                  for k, v in found.items()) + ".")
+        shrink = _read(self.inputs.get("combat_shrinkage"))
+        if shrink is None:
+            return out + _na("ComBat shrinkage table")
+        return out + _p("Empirical-Bayes shrinkage per site and harmonised scope "
+                        "(additive_shrinkage: the prior's median weight in the posterior "
+                        "site mean, 0 = none, 1 = all features set to the site's mean; "
+                        "multiplicative_shrinkage: the same for the site variance).") \
+            + table_html(shrink)
 
     # ---------------------------------------------------------------- methods
     def methods(self) -> str:
@@ -1727,7 +1795,7 @@ def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:
 
 
 def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
-                  excluded_inputs=None) -> dict:
+                  excluded_inputs=None, harmonize: str = "none") -> dict:
     """The ``inputs`` of :func:`build_report` at the standard output locations of each stage.
 
     Parameters
@@ -1775,6 +1843,12 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
                               forest=str(meta / "meta_desc-forest_data.tsv"))
     if excluded_inputs:
         out["excluded_inputs"] = str(excluded_inputs)
+    if harmonize == "combat":  # msnet.harmonize: the pooled model on ComBat-harmonised data
+        label = "pooled_harmonize-combat"
+        out["combat_table"] = str(pooled / f"{label}_desc-MSvsHC_networks.tsv")
+        out["combat_shrinkage"] = str(pooled / f"{label}_desc-shrinkage_stats.tsv")
+        out["combat_maps"] = {n: {k: str(pooled / f"{label}_network-{n}_stat-{k}_map.nii.gz")
+                                  for k in ("t", "logpfwe")} for n in networks}
     return out
 
 

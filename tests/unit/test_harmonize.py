@@ -261,3 +261,47 @@ def _null_fwer(n_sims, n_perm=100, harmonise=True, n_studies=10):
 @pytest.mark.slow
 def test_fwer_under_the_null_after_combat():
     assert 0.01 <= _null_fwer(200) <= 0.10
+
+
+# --------------------------------------------------------------------------- outputs, report
+
+
+def test_meta_vs_mega_puts_combat_mega_beside_meta_and_mega(tmp_path):
+    from msnet.meta import meta_vs_mega
+
+    meta = pd.DataFrame({"metric": ["within_DMN", "within_SMN"], "network": ["DMN", "SMN"],
+                         "k": 25, "model": "random", "g": [0.3, -0.2], "ci_low": [0.1, -0.4],
+                         "ci_high": [0.5, 0.0], "p": [0.01, 0.06], "i2": 10.0, "tau2": 0.01})
+    mega = pd.DataFrame({"metric": ["within_DMN", "within_SMN"], "n_studies": 25,
+                         "g": [0.32, -0.18], "g_ci_low": [0.2, -0.3], "g_ci_high": [0.44, -0.06],
+                         "p": [1e-4, 0.004]})
+    combat_mega = mega.assign(g=[0.35, -0.15])
+    table = meta_vs_mega(meta, mega, tmp_path / "t.tsv", combat_table=combat_mega)
+    np.testing.assert_allclose(table["combat_g"], [0.35, -0.15])
+    np.testing.assert_allclose(table["combat_difference"], [0.03, 0.03], atol=1e-12)
+    assert "combat_g" not in meta_vs_mega(meta, mega, tmp_path / "u.tsv")
+
+
+def test_methods_cite_combat_only_when_it_ran():
+    from msnet.config import validate_config
+    from msnet.report import methods_text
+
+    plain = methods_text(validate_config({}), versions={})
+    assert "ComBat" not in plain and "kxj037" not in plain
+    text = methods_text(validate_config({"group": {"harmonize": "combat"}}), versions={})
+    para = next(p for p in text.split("\n\n") if p.startswith("Harmonisation."))
+    assert "batch" in para and "age, sex" in para and "EDSS" in para
+    assert "doi:10.1093/biostatistics/kxj037" in text
+    assert "doi:10.1016/j.neuroimage.2017.11.024" in text
+
+
+def test_report_inputs_name_the_combat_outputs():
+    from msnet.report import report_inputs
+
+    plain = report_inputs("results", ["S01"], None)
+    assert not any(k.startswith("combat") for k in plain)
+    inputs = report_inputs("results", ["S01"], None, harmonize="combat")
+    assert inputs["combat_table"].endswith(
+        "group/pooled/pooled_harmonize-combat_desc-MSvsHC_networks.tsv")
+    assert inputs["combat_maps"]["DMN"]["t"].endswith(
+        "pooled_harmonize-combat_network-DMN_stat-t_map.nii.gz")

@@ -105,3 +105,53 @@ rule compare_groups_pooled:
 
 ALL_TARGETS += expand(rules.compare_groups_study.output.table, study=STUDIES)
 ALL_TARGETS += rules.compare_groups_pooled.output
+
+
+if config["group"]["harmonize"] == "combat":
+
+    COMBAT_LABEL = "pooled_harmonize-combat"
+
+    rule compare_groups_pooled_combat:
+        input:
+            participants=[participants_tsv(s) for s in STUDIES],
+            qc_tables=qc_tables(),
+            masks=expand(MASK_PATTERN, net=NETWORKS),
+        output:
+            table=f"{POOLED_DIR}/{COMBAT_LABEL}_desc-MSvsHC_networks.tsv",
+            exclusions=f"{POOLED_DIR}/{COMBAT_LABEL}_desc-exclusions.tsv",
+            shrinkage=f"{POOLED_DIR}/{COMBAT_LABEL}_desc-shrinkage_stats.tsv",
+            t=expand(
+                f"{POOLED_DIR}/{COMBAT_LABEL}_network-{{net}}_stat-t_map.nii.gz",
+                net=NETWORKS,
+            ),
+            logpfwe=expand(
+                f"{POOLED_DIR}/{COMBAT_LABEL}_network-{{net}}_stat-logpfwe_map.nii.gz",
+                net=NETWORKS,
+            ),
+            clusters=expand(
+                f"{POOLED_DIR}/{COMBAT_LABEL}_network-{{net}}_clusters.tsv",
+                net=NETWORKS,
+            ),
+        log:
+            f"{R}/logs/compare_groups_pooled_combat.log",
+        benchmark:
+            f"{R}/benchmarks/compare_groups_pooled_combat.tsv"
+        conda:
+            CONDA_ENV
+        threads: lambda wc: resources_for("compare_groups_pooled", "threads")
+        resources:
+            mem_mb=lambda wc: resources_for("compare_groups_pooled", "mem_mb"),
+            runtime=lambda wc: resources_for("compare_groups_pooled", "runtime"),
+        params:
+            participants=lambda wc: {s: participants_tsv(s) for s in STUDIES},
+            qc=subject_files("qc"),
+            networks=subject_files("networks"),
+            maps=subject_maps(),
+            masks=dict(zip(NETWORKS, expand(MASK_PATTERN, net=NETWORKS))),
+            sites={s: str(STUDY_ROWS[s]["site"]) for s in STUDIES},
+            options=GROUP_OPTIONS,
+            out_dir=output_folder("table"),
+        script:
+            "../../scripts/compare_groups_pooled_combat.py"
+
+    ALL_TARGETS += rules.compare_groups_pooled_combat.output

@@ -67,6 +67,11 @@ rule meta_vs_mega:
     input:
         meta=f"{META_DIR}/meta_desc-networks_stats.tsv",
         mega=rules.compare_groups_pooled.output.table,
+        combat=(
+            rules.compare_groups_pooled_combat.output.table
+            if config["group"]["harmonize"] == "combat"
+            else []
+        ),
     output:
         table=f"{META_DIR}/meta_desc-metavsmega_stats.tsv",
     log:

@@ -9,6 +9,7 @@ REPORT_INPUTS = report_inputs(
     subject_files("qc")[0],
     networks=NETWORKS,
     excluded_inputs=f"{R}/excluded_inputs.tsv",
+    harmonize=config["group"]["harmonize"],
 )
 CAPTIONS = {
     "qc_overview": ("qc_overview.rst", "Dataset and QC"),
