@@ -925,9 +925,9 @@ def _all_paths(out_paths: dict) -> list:
 
 
 def _write_tsv(df: pd.DataFrame, path, float_format: str = "%.7g") -> None:
-    """``msnet.io.atomic.write_tsv(df, path, float_format=...)``, the same bytes, 3-4x faster.
+    """``msnet.io.atomic.write_tsv(df, path, float_format=...)``, the same bytes, faster.
 
-    pandas formats a 300 x 300 matrix value by value (0.2-0.4 s per table); formatting a
+    pandas formats a 300 x 300 matrix value by value; formatting a
     whole row with one ``%`` operation does the same work in C. Frames with anything but
     float, integer and plain string columns (or strings pandas would quote) go to pandas.
     """

@@ -47,8 +47,8 @@ Why a meta-analysis engine of our own (:func:`fit_rma`) instead of PyMARE, stats
 NiMARE: one vectorised implementation serves the network tables, every voxel, and every
 permutation refit (batched as extra columns), so all of them are computed identically and
 fast; REML is solved by safeguarded Newton iterations to a tight convergence criterion
-(PyMARE runs a bounded scalar search, about 8x slower on 50,000 voxels, and NiMARE's image
-route is 30-80x slower); and the libraries lack pieces this stage needs (metafor's τ²-dependent
+(PyMARE runs a bounded scalar search, and NiMARE's image route is slower still:
+``benchmarks/bench_meta.py`` prints both ratios); and the libraries lack pieces this stage needs (metafor's τ²-dependent
 I²/H², prediction intervals, R² of meta-regressions, τ² Q-profile CIs with I² bounds,
 permutation tests with a seed, masked missing studies per voxel). NiMARE's IBMA estimators
 have no voxelwise meta-regression and no sign-flip FWE for random-effects models. The unit
