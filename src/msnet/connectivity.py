@@ -236,8 +236,8 @@ def dual_regression(data, templates, n_analysis: int = len(ANALYSIS_NETWORKS), v
     (``standardized``).
 
     Written with normal equations on voxel blocks instead of nilearn/FSL because nilearn has
-    no dual regression and a voxel-by-voxel GLM is orders of magnitude slower; at 231k voxels
-    x 300 volumes this takes a fraction of a second. Small K x K systems are solved with the
+    no dual regression and a voxel-by-voxel GLM is much slower (``bench_subject.py`` times
+    the whole stage against the nilearn route). Small K x K systems are solved with the
     pseudo-inverse, so an all-zero template (a network absent from the mask) gives 0, not NaN.
 
     Parameters
