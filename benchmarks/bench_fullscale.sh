@@ -79,7 +79,7 @@ printf 'simulate:\n  scale: %s\n' "$scale" >"$work/fullscale.yaml"
 dry demo "$work/demo.yaml"
 dry "scale $scale" "$work/fullscale.yaml"
 jobs=$(cd "$repo" && snakemake -n --configfile "$work/fullscale.yaml" \
-    --config "results_dir=$work/dry" 2>/dev/null | awk '$1 == "total" {print $2; exit}')
+    --config "results_dir=$work/dry" 2>/dev/null | awk '$1 == "total" && !n {print $2; n = 1}')  # no early exit: SIGPIPE + pipefail
 echo "jobs at scale $scale: $jobs"
 if [[ $dry_only -eq 1 ]]; then
     rm -rf "$work"
