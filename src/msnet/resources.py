@@ -71,8 +71,9 @@ def workload(config: dict, plan) -> Workload:
     """The :class:`Workload` of a validated config and its plan.
 
     For the demo the grid follows ``simulate.resolution_mm`` and the longest simulated run; for
-    real data it is read from the first subject's BOLD header (one header, no voxel data):
-    studies with larger runs should set the subject rule's resources in the config.
+    real data it is the largest grid and the longest run among the BOLD headers of each
+    study's first subject (one header per study, no voxel data): studies whose subjects'
+    runs differ in size should set the subject rule's resources in the config.
     """
     counts = plan.subjects["study_id"].value_counts()
     if config["data"]["mode"] == "simulate":
@@ -85,8 +86,10 @@ def workload(config: dict, plan) -> Workload:
     else:
         import nibabel as nib
 
-        shape = nib.load(plan.subjects["bold"].iloc[0][0]).shape
-        grid, n_volumes = math.prod(shape[:3]), shape[3]
+        firsts = plan.subjects.drop_duplicates("study_id")["bold"]
+        shapes = [nib.load(runs[0]).shape for runs in firsts]
+        grid = max(math.prod(shape[:3]) for shape in shapes)
+        n_volumes = max(shape[3] for shape in shapes)
     return Workload(
         n_subjects=len(plan.subjects), max_study_subjects=int(counts.max()),
         n_studies=len(counts), grid_voxels=grid, n_volumes=n_volumes,

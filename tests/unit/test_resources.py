@@ -69,3 +69,27 @@ def test_config_values_replace_the_estimates():
         "compare_groups_pooled", w)["runtime"]
     assert rule_resource(config, "compare_groups_pooled", "threads", w) == 2
     assert rule_resource(config, "compute_subject_connectivity", "runtime", w, 10) == 30
+
+
+def test_real_data_workload_takes_the_largest_study_run(tmp_path):
+    """Real data: the grid and run length come from each study's first BOLD header, so a study
+    with longer runs than the first one raises the estimate (headers only)."""
+    from types import SimpleNamespace
+
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    def bold(name, shape):
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), np.eye(4)), path)
+        return [str(path)]
+
+    subjects = pd.DataFrame({
+        "study_id": ["A", "A", "B"],
+        "bold": [bold("a1", (4, 5, 6, 30)), bold("a2", (4, 5, 6, 300)), bold("b1", (6, 5, 6, 80))],
+    })
+    config = validate_config({})
+    config["data"]["mode"] = "fmriprep"
+    w = workload(config, SimpleNamespace(subjects=subjects))
+    assert (w.grid_voxels, w.n_volumes, w.n_studies, w.max_study_subjects) == (180, 80, 2, 2)
