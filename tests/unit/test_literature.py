@@ -1,0 +1,105 @@
+"""Literature mode (issue 9): peaks and studies tables, coordinate and statistic conversion."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from msnet import literature as lit
+from msnet.errors import MsnetInputError
+
+STUDIES = """study_id\tn_ms\tn_hc\tthreshold_p\tnetworks\tedss
+A\t30\t20\t0.001\tn/a\t2.5
+B\t40\t25\tn/a\tDMN,SMN\t3.0
+"""
+PEAKS_HEADER = "study_id\tnetwork\tx\ty\tz\tspace\tstat\tstat_type\tdirection\n"
+GOOD = [
+    "A\tDMN\t-4\t42\t12\tMNI\t4.5\tt\tMS>HC",
+    "A\tDMN\t-6\t-46\t28\tMNI\t-3.9\tz\tMS<HC",
+    "B\tSMN\t36\t-18\t56\tTAL\t0.0005\tp\tMS>HC",
+]
+
+
+def _write(tmp_path, peaks_rows, studies=STUDIES):
+    (tmp_path / "studies.tsv").write_text(studies)
+    (tmp_path / "peaks.tsv").write_text(PEAKS_HEADER + "\n".join(peaks_rows) + "\n")
+    table = lit.read_literature_studies(tmp_path / "studies.tsv")
+    return table, tmp_path / "peaks.tsv"
+
+
+def _read(tmp_path, rows):
+    studies, path = _write(tmp_path, rows)
+    return lit.read_peaks(path, studies, "studies.tsv")
+
+
+def test_good_tables_are_read_and_converted(tmp_path):
+    peaks = _read(tmp_path, GOOD)
+    assert list(peaks.columns) == lit.PEAK_COLUMNS
+    assert np.sign(peaks["t"]).tolist() == [1, -1, 1]
+    # t -> g with the group stage's formulas
+    d = 4.5 * np.sqrt(1 / 30 + 1 / 20)
+    j = 1 - 3 / (4 * 50 - 9)
+    assert peaks["g"][0] == pytest.approx(j * d)
+    assert peaks["var_g"][0] == pytest.approx(j**2 * (1 / 30 + 1 / 20 + d**2 / 100))
+    # z and p converted with df = n_ms + n_hc - 2 (one-sided p)
+    assert stats.t.sf(abs(peaks["t"][1]), 48) == pytest.approx(stats.norm.sf(3.9))
+    assert stats.t.sf(peaks["t"][2], 63) == pytest.approx(0.0005)
+    studies = lit.read_literature_studies(tmp_path / "studies.tsv")
+    assert studies.loc["A", "networks"] == ("DMN", "SMN", "VN", "SN")
+    assert studies.loc["B", "networks"] == ("DMN", "SMN")
+    assert studies.loc["B", "threshold_p"] == 0.001
+
+
+def test_talairach_peak_within_1mm_of_nimare(tmp_path):
+    from nimare.utils import tal2mni
+
+    peaks = _read(tmp_path, GOOD)
+    expected = tal2mni(np.array([[36.0, -18.0, 56.0]]))[0]
+    got = peaks.loc[2, ["x_mni", "y_mni", "z_mni"]].to_numpy(float)
+    assert np.linalg.norm(got - expected) < 1.0
+    assert np.linalg.norm(got - [36, -18, 56]) > 1.0  # it did convert
+    many = np.array([[-40.0, 20, 30], [10, -60, 5], [0, 0, 0], [50, -20, 40]])
+    assert np.abs(lit.tal2mni(many) - tal2mni(many.copy())).max() < 1e-9
+
+
+@pytest.mark.parametrize("row, needles", [
+    ("A\tDMN\t-4\t42\t95\tMNI\t4\tt\tMS>HC", ["row 4", "outside the MNI152 brain mask",
+                                              "signs and x y z order"]),
+    ("C\tDMN\t-4\t42\t12\tMNI\t4\tt\tMS>HC", ["row 4", "study C has no row", "n_ms and n_hc"]),
+    ("A\tDMN\t-4\t42\t12\tMNI\t3.0\tt\tMS>HC", ["row 4", "duplicate peak", "as row 1"]),
+    ("A\tDAN\t-4\t42\t12\tMNI\t4\tt\tMS>HC", ["row 4", "column 'network'", "DMN, SMN, VN or SN"]),
+    ("A\tDMN\t-4\t42\t12\tSPM\t4\tt\tMS>HC", ["row 4", "column 'space'", "TAL"]),
+    ("A\tDMN\t-4\t42\t12\tMNI\t4\tF\tMS>HC", ["row 4", "column 'stat_type'"]),
+    ("A\tDMN\t-4\t42\t12\tMNI\t-4\tt\tMS>HC", ["row 4", "sign opposite to direction"]),
+    ("A\tDMN\t-4\t42\t12\tMNI\t0.2\tp\tMS>HC", ["row 4", "not a reported peak p"]),
+    ("B\tVN\t-26\t-52\t54\tMNI\t4\tt\tMS<HC", ["row 4", "network VN is not among", "DMN,SMN"]),
+])
+def test_bad_peak_names_file_row_and_fix(tmp_path, row, needles):
+    with pytest.raises(MsnetInputError) as err:
+        _read(tmp_path, [*GOOD, row])
+    message = str(err.value)
+    assert "peaks.tsv" in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_all_problems_reported_together(tmp_path):
+    rows = [*GOOD, "C\tDMN\t-4\t42\t12\tMNI\t4\tt\tMS>HC", "A\tDMN\t-4\t42\t95\tMNI\t4\tt\tMS>HC"]
+    with pytest.raises(MsnetInputError) as err:
+        _read(tmp_path, rows)
+    assert "2 input problems" in str(err.value)
+
+
+@pytest.mark.parametrize("studies, needles", [
+    (STUDIES.replace("A\t30", "A\tthirty"), ["row 1", "'n_ms'", "not a number"]),
+    (STUDIES.replace("A\t30", "A\t1"), ["row 1", "'n_ms'"]),
+    (STUDIES + "A\t10\t10\tn/a\tn/a\tn/a\n", ["duplicate study_id A"]),
+    (STUDIES.replace("DMN,SMN", "DMN,DAN"), ["row 2", "'networks'"]),
+    (STUDIES.replace("A\t30\t20", "A\t30\tn/a"), ["row 1", "'n_hc' is empty"]),
+])
+def test_bad_studies_table(tmp_path, studies, needles):
+    (tmp_path / "studies.tsv").write_text(studies)
+    with pytest.raises(MsnetInputError) as err:
+        lit.read_literature_studies(tmp_path / "studies.tsv")
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
