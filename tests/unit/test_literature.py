@@ -103,3 +103,63 @@ def test_bad_studies_table(tmp_path, studies, needles):
         lit.read_literature_studies(tmp_path / "studies.tsv")
     for needle in needles:
         assert needle in str(err.value), str(err.value)
+
+
+# ------------------------------------------------------------------ ALE / MKDA via NiMARE
+def _mask8():
+    from nilearn import datasets, image
+
+    mask = datasets.load_mni152_brain_mask(resolution=2)
+    return image.resample_img(mask, target_affine=np.diag([8.0, 8.0, 8.0]),
+                              interpolation="nearest", force_resample=True, copy_header=True)
+
+
+def _synthetic_literature(n_studies=6, seed=3):
+    rng = np.random.default_rng(seed)
+    studies = pd.DataFrame({"study_id": [f"S{i}" for i in range(n_studies)],
+                            "n_ms": rng.integers(20, 60, n_studies),
+                            "n_hc": rng.integers(15, 40, n_studies)})
+    studies["networks"] = [tuple(lit.ANALYSIS_NETWORKS)] * n_studies
+    studies = studies.set_index("study_id", drop=False)
+    rows = []
+    for s in studies.index:
+        for _ in range(3):
+            xyz = np.array([-4.0, 42.0, 12.0]) + rng.normal(0, 6, 3)
+            rows.append({"study_id": s, "network": "DMN", "direction": "MS>HC",
+                         "x_mni": xyz[0], "y_mni": xyz[1], "z_mni": xyz[2]})
+    return pd.DataFrame(rows), studies
+
+
+@pytest.mark.parametrize("method", ["ALE", "MKDA"])
+def test_ale_mkda_equal_nimare_called_directly(method):
+    import warnings
+
+    from nimare.correct import FWECorrector
+    from nimare.meta.cbma import ALE, MKDADensity
+    from nimare.studyset import Studyset
+
+    peaks, studies = _synthetic_literature()
+    mask = _mask8()
+    ours = lit.cbma_nimare(peaks, studies, "DMN", "MS>HC", mask, method, n_iters=20, seed=5)
+    # the same coordinates and sample sizes, written out by hand for NiMARE
+    source = {"id": "direct", "studies": [
+        {"id": s, "analyses": [{"id": "a", "metadata": {"sample_sizes": [
+            int(studies.loc[s, "n_ms"] + studies.loc[s, "n_hc"])]},
+            "points": [{"space": "MNI", "coordinates": list(map(float, xyz))}
+                       for xyz in g[["x_mni", "y_mni", "z_mni"]].to_numpy()]}]}
+        for s, g in peaks.groupby("study_id")]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        est = (ALE if method == "ALE" else MKDADensity)(null_method="approximate",
+                                                         random_state=5)
+        res = est.fit(Studyset(source, target="mni152_2mm", mask=mask))
+        res = FWECorrector(method="montecarlo", n_iters=20, vfwe_only=True).transform(res)
+    for ours_key, name in (("z", "z"), ("stat", "stat"),
+                           ("logp_fwe", "logp_level-voxel_corr-FWE_method-montecarlo")):
+        direct = np.asarray(res.get_map(name, return_type="image").dataobj)
+        np.testing.assert_allclose(ours[ours_key], direct, rtol=1e-6, atol=1e-6)
+    assert ours["n_studies"] == 6 and ours["n_peaks"] == 18
+    assert ours["z"].max() > 3  # the shared location stands out
+    skipped = lit.cbma_nimare(peaks, studies, "DMN", "MS<HC", mask, method, n_iters=20)
+    assert "0 studies reported DMN MS<HC peaks" in skipped["skipped"]
+    assert not skipped["z"].any()
