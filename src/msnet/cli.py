@@ -144,7 +144,8 @@ def _cmd_subject(args) -> int:
         print(f"msnet: warning: --out {out} is the workflow's results folder: the subject's "
               "files there will be newer than the workflow's later outputs, and the next "
               "snakemake run re-runs every job downstream of this subject.", file=sys.stderr)
-    paths = subject_outputs(out, args.study, row["label"], config["connectivity"]["seed_maps"])
+    paths = subject_outputs(out, args.study, row["label"], config["connectivity"]["seed_maps"],
+                            config["qc"]["subject_pages"])
     qc = compute_subject_connectivity(
         study["fmriprep_dir"], pid, paths, denoise_options=config["denoise"],
         qc_options=config["qc"], connectivity_options=config["connectivity"],

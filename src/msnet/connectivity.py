@@ -680,6 +680,9 @@ class SubjectConnectivity:
     tr : float or None
     sample_mask : numpy.ndarray or None
         Indices of the kept volumes in the original run.
+    qc_traces : msnet.qcpage.QcTraces or None
+        What the subject's QC page draws over time (from denoising), carpet voxels labelled
+        by network.
     """
 
     mask_img: object
@@ -692,6 +695,7 @@ class SubjectConnectivity:
     qc: dict
     tr: float | None = None
     sample_mask: np.ndarray | None = None
+    qc_traces: object = None
 
 
 def subject_connectivity(cleaned, options: dict | None = None) -> SubjectConnectivity:
@@ -717,6 +721,7 @@ def subject_connectivity(cleaned, options: dict | None = None) -> SubjectConnect
     qc = dict(cleaned.qc or {})
     rois = atlas.seitzman_rois()
     data = cleaned.data
+    traces = getattr(cleaned, "qc_traces", None)
     reason = _unprocessable_reason(data, len(atlas.network_names()))
     if reason:
         if data is not None or not qc.get("exclusion_reason"):
@@ -729,10 +734,15 @@ def subject_connectivity(cleaned, options: dict | None = None) -> SubjectConnect
         _, templates = atlas.network_templates(mask_img, opts["template_sigma_mm"])
         logger.info("templates over %d voxels (%.1f s)", templates.shape[1],
                     time.perf_counter() - t0)
+        if traces is not None:  # the QC page's carpet rows, grouped by network
+            from msnet.qcpage import network_labels
+
+            traces.labels = network_labels(templates, atlas.network_names(), traces.voxels)
         result = _connectivity(data, mask_img, templates, rois, opts, qc,
                                getattr(cleaned, "voxel_mean", None),
                                getattr(cleaned, "flat_voxels", None))
     result.tr, result.sample_mask = cleaned.tr, getattr(cleaned, "sample_mask", None)
+    result.qc_traces = traces
     result.qc["connectivity"] = dict(opts)
     return result
 
@@ -967,7 +977,8 @@ def write_subject_outputs(result: SubjectConnectivity, out_paths: dict) -> None:
     ----------
     result : SubjectConnectivity
     out_paths : dict
-        ``qc``, ``maps`` (network -> path), ``timeseries``, ``relmat``, ``networks`` and, exactly
+        ``qc``, ``maps`` (network -> path), ``timeseries``, ``relmat``, ``networks``,
+        optionally ``page`` (the subject's QC page, :mod:`msnet.qcpage`) and, exactly
         when seed maps were computed, ``seed_maps`` (network -> path). The time-series and
         matrix sidecars go to :func:`sidecar_path` of their TSV.
     """
@@ -993,6 +1004,14 @@ def write_subject_outputs(result: SubjectConnectivity, out_paths: dict) -> None:
     write_json(_json_safe(rel_meta), sidecar_path(out_paths["relmat"]))
     _write_tsv(result.networks, out_paths["networks"])
     write_json(table_sidecar(result.networks.columns), sidecar_path(out_paths["networks"]))
+    if out_paths.get("page"):
+        from msnet.qcpage import write_subject_page
+
+        c0 = time.process_time()
+        write_subject_page(out_paths["page"], _json_safe(result.qc), result.maps,
+                           result.mask_img, result.qc_traces, result.tr)
+        logger.info("QC page %s (%.3f s CPU)", Path(out_paths["page"]).name,
+                    time.process_time() - c0)
     write_json(_json_safe(result.qc), out_paths["qc"])
     logger.info("wrote %s (include=%s)", out_paths["qc"], result.qc.get("include"))
 

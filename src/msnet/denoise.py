@@ -60,6 +60,7 @@ from msnet.io.fmriprep import (
     read_confounds,
     read_mask_data,
 )
+from msnet.qcpage import QcTraces, carpet_voxels
 
 PRESET_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma")
 """nilearn ``load_confounds_strategy`` presets, used with nilearn's preset parameters."""
@@ -125,6 +126,9 @@ class CleanedBold:
         the post-dummy volumes there (no signal: dropout, zero-filled or damaged data). Their
         connectivity maps are NaN (:mod:`msnet.connectivity`), so they never enter group
         statistics as values; ``qc`` records their number and percentage.
+    qc_traces : msnet.qcpage.QcTraces or None
+        FD, DVARS, censoring and a few hundred voxels' raw and cleaned series: what the
+        subject's QC page draws (:mod:`msnet.qcpage`).
     """
 
     data: np.ndarray | None
@@ -135,6 +139,7 @@ class CleanedBold:
     lesion_mask: np.ndarray | None = None
     voxel_mean: np.ndarray | None = None
     flat_voxels: np.ndarray | None = None
+    qc_traces: object = None
 
 
 class _Unprocessable(Exception):
@@ -1097,6 +1102,7 @@ class _RunData:
     smoothed: np.ndarray  # (T, n_analysis) float32, voxels in the mask's C order
     tsnr_sums: tuple  # float64 sum and sum of squares over post-dummy volumes, tSNR voxels
     raw_brain: np.ndarray | None  # (T, n_brain) float32 when DVARS must be computed
+    raw_carpet: np.ndarray | None = None  # (T, n_carpet) float32 raw values (QC page)
 
 
 def _flat_index(mask: np.ndarray, c_order: bool = True) -> np.ndarray:
@@ -1204,8 +1210,11 @@ def _scale(values: np.ndarray, slope: float, inter: float) -> np.ndarray:
 
 
 def _read_bold(path: Path, img, run_mask: np.ndarray, tsnr_mask: np.ndarray, analysis: np.ndarray,
-               fwhm, n_dummy: int, keep_raw: bool, threads: int | None = None) -> _RunData:
-    """Stream a BOLD once: raw brain voxels for tSNR/DVARS, smoothed analysis voxels.
+               fwhm, n_dummy: int, keep_raw: bool, threads: int | None = None,
+               carpet_idx: np.ndarray | None = None) -> _RunData:
+    """Stream a BOLD once: raw brain voxels for tSNR/DVARS, smoothed analysis voxels, and
+    the raw values at ``carpet_idx`` (positions in the volume flattened x-fastest) for the
+    QC page's carpet plot.
 
     The file is read volume chunk by volume chunk (NIfTI stores each volume contiguously,
     x fastest), so the 4-D image is never held in memory, in any precision. Raw values
@@ -1225,6 +1234,7 @@ def _read_bold(path: Path, img, run_mask: np.ndarray, tsnr_mask: np.ndarray, ana
     buffer = np.empty((chunk, nz, ny, nx), dtype=proxy.dtype)
     smoothed = np.empty((n_vol, ana_idx.size), dtype=np.float32)
     raw_brain = np.empty((n_vol, brain_idx.size), np.float32) if keep_raw else None
+    raw_carpet = None if carpet_idx is None else np.empty((n_vol, carpet_idx.size), np.float32)
     tsnr = _TsnrSums(int(tsnr_mask.sum()))
     workers = max(1, int(threads or 1)) if smoother else 1
     pool = None
@@ -1255,6 +1265,8 @@ def _read_bold(path: Path, img, run_mask: np.ndarray, tsnr_mask: np.ndarray, ana
                     )
                 if raw_brain is not None:
                     raw_brain[t0 : t0 + k] = raw
+                if raw_carpet is not None:
+                    raw_carpet[t0 : t0 + k] = _to_float32(flat[:, carpet_idx], *scale)
                 tsnr.add(raw[max(0, n_dummy - t0):, tsnr_cols])
                 if pool is not None:
                     for job in jobs:
@@ -1266,7 +1278,7 @@ def _read_bold(path: Path, img, run_mask: np.ndarray, tsnr_mask: np.ndarray, ana
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return _RunData(smoothed, (tsnr.total, tsnr.total_sq), raw_brain)
+    return _RunData(smoothed, (tsnr.total, tsnr.total_sq), raw_brain, raw_carpet)
 
 
 class _TsnrSums:
@@ -1359,6 +1371,7 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
     qc = _subject_qc(files, results, grid, opts, qopts)
     flat = _flat_analysis_voxels(results, grid)
     cleaned = [r.cleaned for r in results if r.cleaned is not None and not flat.all()]
+    traces = _qc_traces(results, opts, int(np.count_nonzero(grid.analysis)), use_cleaned=not flat.all())
     means = [r.mean for r in results if r.cleaned is not None]
     say(f"done: include={qc['include']}" + (f" ({qc['exclusion_reason']})" if qc["exclusion_reason"] else ""))
     return CleanedBold(
@@ -1370,6 +1383,33 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
         lesion_mask=None if grid.lesion is None else grid.lesion[grid.brain],
         voxel_mean=np.mean(means, axis=0) if means else None,
         flat_voxels=flat,
+        qc_traces=traces,
+    )
+
+
+def _qc_traces(results, opts, n_analysis: int, use_cleaned: bool) -> QcTraces:
+    """What the subject's QC page draws (:class:`msnet.qcpage.QcTraces`), runs concatenated."""
+    starts = np.cumsum([0] + [r.info["n_volumes"] for r in results[:-1]])
+    cleaned = [r for r in results if r.carpet_clean is not None and use_cleaned]
+    kwargs = load_confounds_kwargs(opts)
+    scrubs = "scrub" in tuple(kwargs.get("strategy", ()))
+
+    def cat(values):
+        return np.concatenate(values) if values else np.zeros(0)
+
+    return QcTraces(
+        voxels=carpet_voxels(n_analysis),
+        raw=np.concatenate([r.carpet_raw for r in results]),
+        cleaned=np.concatenate([r.carpet_clean for r in cleaned]) if cleaned else None,
+        cleaned_volumes=cat([r.sample_mask for r in cleaned]).astype(int),
+        kept=cat([r.sample_mask for r in results]).astype(int),
+        dummy=cat([s + np.arange(r.info["n_dummy"]) for s, r in zip(starts, results)]).astype(int),
+        fd=cat([r.full_series["framewise_displacement"] for r in results]),
+        dvars=cat([r.full_series["dvars"] for r in results]),
+        std_dvars=cat([r.full_series["std_dvars"] for r in results]),
+        run_starts=[int(s) for s in starts],
+        fd_threshold=kwargs.get("fd_threshold") if scrubs else None,
+        std_dvars_threshold=kwargs.get("std_dvars_threshold") if scrubs else None,
     )
 
 
@@ -1414,6 +1454,9 @@ class _RunResult:
     tsnr_sums: tuple
     sources: dict
     mean: np.ndarray  # smoothed signal mean over post-dummy volumes, analysis voxels
+    full_series: dict  # every volume's framewise_displacement, dvars, std_dvars (QC page)
+    carpet_raw: np.ndarray | None = None  # raw / cleaned values at the QC page's carpet
+    carpet_clean: np.ndarray | None = None  # voxels (msnet.qcpage.carpet_voxels)
 
 
 _SERIES = ("framewise_displacement", "dvars", "std_dvars")
@@ -1438,8 +1481,9 @@ def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr,
                   or bool(_na_after_first(table, "dvars") or _na_after_first(table, "std_dvars")))
     n_dummy = _dummy_count(table)
     say(f"reading {path.name}")
+    carpet = carpet_voxels(int(np.count_nonzero(analysis)))
     data = _read_bold(path, img, run_mask, brain, analysis, opts["smoothing_fwhm"], n_dummy, need_dvars,
-                      threads)
+                      threads, _flat_index(analysis)[carpet])
     if need_dvars:
         table["dvars"], table["std_dvars"] = qcmod.dvars(data.raw_brain)
         sources["dvars_source"] = "msnet port of nipype ComputeDVARS"
@@ -1457,7 +1501,9 @@ def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr,
         cleaned = None  # n_kept stays what censoring kept: the run is unusable for another reason
         info.update(usable=False, excluded_reason=str(exc))
     mean = data.smoothed[n_dummy:].mean(axis=0, dtype=np.float64)
-    return _RunResult(info, cleaned, sample_mask, names, series, data.tsnr_sums, sources, mean)
+    full = {c: table[c].to_numpy(dtype=float) for c in _SERIES}
+    return _RunResult(info, cleaned, sample_mask, names, series, data.tsnr_sums, sources, mean, full,
+                      data.raw_carpet, None if cleaned is None else cleaned[:, carpet])
 
 
 def _subject_qc(files, results, grid, opts, qopts) -> dict:

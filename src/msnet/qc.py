@@ -45,6 +45,10 @@ def resolve_qc_options(qc_options=None) -> dict:
     """
     opts = dict(DEFAULT_QC_OPTIONS)
     for key, value in (qc_options or {}).items():
+        if key == "subject_pages":  # an output switch (msnet.qcpage), not a threshold
+            if not isinstance(value, bool):
+                raise MsnetInputError(f"qc.subject_pages must be true or false, got {value!r}.")
+            continue
         if key not in DEFAULT_QC_OPTIONS:
             raise MsnetInputError(f"Unknown qc option {key!r}; known: {sorted(DEFAULT_QC_OPTIONS)}.")
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):

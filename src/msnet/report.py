@@ -877,12 +877,13 @@ PRINT_SCRIPT = ("<script>window.addEventListener('beforeprint',function(){"
 whole report."""
 
 
-def table_html(df: pd.DataFrame, key: int = 1) -> str:
+def table_html(df: pd.DataFrame, key: int = 1, links: dict | None = None) -> str:
     """A DataFrame as an HTML table: human headers (the TSV's column name as a tooltip), every
     cell formatted by :func:`msnet.formatting.format_value` (meaningful digits, p-values as
     ``< 0.001``), numbers right-aligned, free text wrapped, every row shown (no scroll box).
 
-    ``key`` first columns identify a row; they stay left-aligned and do not wrap.
+    ``key`` first columns identify a row; they stay left-aligned and do not wrap. ``links``
+    maps a column to one relative URL per row (None: no link) that its cells link to.
     """
     if df is None or df.empty:
         return '<p class="note">(no rows)</p>'
@@ -892,12 +893,18 @@ def table_html(df: pd.DataFrame, key: int = 1) -> str:
     head = "".join(f'<th title="{html.escape(str(c))}"' + (f' class="{k}"' if k else "")
                    + f">{html.escape(column_label(c))}</th>" for c, k in zip(columns, klass))
     rows = []
-    for values in df.itertuples(index=False, name=None):
+    links = {c: list(v) for c, v in (links or {}).items()}
+    for r, values in enumerate(df.itertuples(index=False, name=None)):
         rows.append("<tr>" + "".join(
-            (f'<td class="{k}">' if k else "<td>") + html.escape(format_value(c, v)) + "</td>"
-            for c, k, v in zip(columns, klass, values)) + "</tr>")
+            (f'<td class="{k}">' if k else "<td>")
+            + _link(html.escape(format_value(c, v)), links[c][r] if c in links else None)
+            + "</td>" for c, k, v in zip(columns, klass, values)) + "</tr>")
     return (f'<div class="tbl"><table class="tbl"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _link(text: str, href) -> str:
+    return text if not href else f'<a href="{html.escape(str(href))}">{text}</a>'
 
 
 def _numeric_like(column: pd.Series) -> bool:
@@ -1115,17 +1122,39 @@ class _Report:
                 "censored volumes by group (dashed: QC limits; crosses: excluded subjects); "
                 "right: included and excluded subjects per study."))
             excl = qc[~qc["include"]]
+            pages = self._subject_pages(qc)
             parts.append("<h3>Excluded subjects</h3>")
             parts.append(table_html(_cols(excl, ["study_id", "participant_id", "group",
                                                  "mean_fd", "pct_censored", "minutes_kept",
-                                                 "exclusion_reason"]), key=2)
+                                                 "exclusion_reason"]), key=2,
+                                    links={"participant_id": [pages[i] for i in excl.index]})
                          if len(excl) else _p("No subject failed QC."))
             parts.append(_details(f"Per-subject QC ({len(qc)} subjects)", table_html(_cols(qc, [
                 "study_id", "participant_id", "group", "include", "mean_fd", "max_fd",
                 "pct_censored", "minutes_kept", "n_volumes", "n_kept", "mean_dvars",
-                "tsnr_median", "tr", "exclusion_reason"]), key=2)))
+                "tsnr_median", "tr", "exclusion_reason"]), key=2,
+                links={"participant_id": pages})))
+            if any(pages):
+                parts.append(_p(
+                    "Each participant links to the subject's QC page (decision and reason, "
+                    "FD and DVARS with the censored volumes, carpet plots before and after "
+                    "denoising, the four network maps) in subjects/ beside this report; "
+                    "the links work where the results folder is kept whole.", "note"))
         parts.append(self._excluded_inputs())
         return "".join(parts)
+
+    def _subject_pages(self, qc: pd.DataFrame) -> list:
+        """Per QC row, the relative link to the subject's QC page (:mod:`msnet.qcpage`), or
+        None when pages are switched off (``qc.subject_pages``) or the page is missing."""
+        from msnet.io.plan import subject_page
+
+        if not (self.config.get("qc") or {}).get("subject_pages", True):
+            return [None] * len(qc)
+        links = []
+        for study, pid in zip(qc["study_id"], qc["participant_id"]):
+            link = subject_page(".", study, str(pid).removeprefix("sub-"))[2:]
+            links.append(link if (self.html_dir / link).is_file() else None)
+        return links
 
     def _qc_counts(self, qc: pd.DataFrame) -> str:
         rows = []

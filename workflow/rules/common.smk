@@ -93,6 +93,7 @@ def study_maps(stat, net):
 
 # --------------------------------------------------------------------------- subject stage
 SEED_MAPS = config["connectivity"]["seed_maps"]
+SUBJECT_PAGES = config["qc"]["subject_pages"]  # each subject's QC page (msnet.qcpage)
 SUBJECT_OPTIONS = {
     "denoise": config["denoise"],
     "qc": config["qc"],
@@ -113,7 +114,9 @@ def subject_job(row):
     return {
         "fmriprep_dir": study["fmriprep_dir"],
         "participant_id": row["participant_id"],
-        "out_paths": subject_outputs(R, row["study_id"], row["label"], SEED_MAPS),
+        "out_paths": subject_outputs(
+            R, row["study_id"], row["label"], SEED_MAPS, SUBJECT_PAGES
+        ),
         "task": study["task"],
         "space": study["space"],
         "lesion_mask": lesion_mask(row),

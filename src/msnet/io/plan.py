@@ -261,7 +261,8 @@ def record_excluded_inputs(records, path) -> None:
     write_table(pd.DataFrame(records, columns=["study_id", "participant_id", "reason"]), path)
 
 
-def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = False) -> dict:
+def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = False,
+                    page: bool = False) -> dict:
     """Paths of one subject's subject-stage outputs (the one place that names them).
 
     Parameters
@@ -272,13 +273,15 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
         placeholders ``"{study}"``/``"{sub}"`` to get output patterns.
     seed_maps : bool
         Include the seed-to-voxel maps.
+    page : bool
+        Include the subject's QC page (config ``qc.subject_pages``; :mod:`msnet.qcpage`).
 
     Returns
     -------
     dict
-        ``qc``, ``maps`` (network -> path), ``timeseries``, ``relmat``, ``networks`` and,
-        with ``seed_maps``, ``seed_maps`` (network -> path); the layout
-        :func:`msnet.connectivity.compute_subject_connectivity` writes.
+        ``qc``, ``maps`` (network -> path), ``timeseries``, ``relmat``, ``networks``, with
+        ``page`` the QC page ``page`` and with ``seed_maps``, ``seed_maps`` (network -> path);
+        the layout :func:`msnet.connectivity.compute_subject_connectivity` writes.
     """
     from msnet import ANALYSIS_NETWORKS
 
@@ -290,9 +293,17 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
         "relmat": f"{prefix}_atlas-Seitzman300_relmat.tsv",
         "networks": f"{prefix}_networks.tsv",
     }
+    if page:
+        paths["page"] = subject_page(results_dir, study_id, label)
     if seed_maps:
         paths["seed_maps"] = {n: f"{prefix}_seed-{n}_stat-z_map.nii.gz" for n in ANALYSIS_NETWORKS}
     return paths
+
+
+def subject_page(results_dir, study_id: str, label: str) -> str:
+    """Path of one subject's QC page (:mod:`msnet.qcpage`); with ``results_dir`` ``"."``
+    the link from ``report.html`` in the results folder."""
+    return f"{results_dir}/subjects/study-{study_id}/sub-{label}/sub-{label}_qc.html"
 
 
 def study_qc_table(results_dir, study_id: str) -> str:
