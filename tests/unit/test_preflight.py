@@ -5,7 +5,6 @@ import gzip
 import json
 import shutil
 import threading
-import time
 
 import nibabel as nib
 import numpy as np
@@ -174,24 +173,29 @@ def test_subjects_are_checked_in_parallel(tmp_path, monkeypatch):
     studies = write_study(tmp_path, n_subjects=2)
     files = build_plan(config_for(studies), preflight=False)
     subject = fmriprep.find_subject_files(tmp_path / "study0", "sub-0x000", read_headers=False)
-    threads = set()
+    lock, active, most = threading.Lock(), [0], [0]
+    both_running = threading.Barrier(2, timeout=30)
 
     def slow(files, lesion, options):
-        threads.add(threading.get_ident())
-        time.sleep(0.2)
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        both_running.wait()  # returns only once two checks run at the same time
+        with lock:
+            active[0] -= 1
         return []
 
     monkeypatch.setattr(preflight, "check_subject", slow)
-    start = time.perf_counter()
     assert preflight.check_subjects([(subject, None)] * 16, {}, workers=8) == []
-    assert len(threads) > 1 and time.perf_counter() - start < 16 * 0.2 / 2
+    assert most[0] > 1
     assert len(files.subjects) == 2
 
 
-def test_demo_sized_dataset_is_checked_within_ten_seconds(tmp_path):
+def test_demo_sized_dataset_is_planned(tmp_path):
     """189 subjects in 25 studies with the demo's image size (50x59x48, 140 volumes) and
-    confounds tables: the whole plan (tables, file discovery and header preflight) < 10 s.
-    The files are copies of one subject's (what is read is the same: headers, one table each)."""
+    confounds tables: the whole plan (tables, file discovery and header preflight) goes
+    through. The files are copies of one subject's (what is read is the same: headers, one
+    table each). Its time is measured by benchmarks/bench_preflight.py, not here."""
     shape, n = (50, 59, 48), 140
     template = tmp_path / "template"
     func = template / "func"
@@ -224,11 +228,8 @@ def test_demo_sized_dataset_is_checked_within_ten_seconds(tmp_path):
         lines.append(f"S{s:02d}\tS{s:02d}\tS{s:02d}/participants.tsv")
     (tmp_path / "studies.tsv").write_text("\n".join(lines) + "\n")
     config = config_for(tmp_path / "studies.tsv")
-    start = time.perf_counter()
     plan = build_plan(config)
-    elapsed = time.perf_counter() - start
-    assert len(plan.subjects) == 189
-    assert elapsed < 10, f"preflight of 189 subjects took {elapsed:.1f} s"
+    assert len(plan.subjects) == 189 and plan.subjects["study_id"].nunique() == 25
 
 
 # ------------------------------------------------------------------------------ cache
