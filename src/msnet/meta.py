@@ -1204,34 +1204,44 @@ def _forest_rows(sub, res, opts):
 # --------------------------------------------------------------------------------------
 # voxelwise
 # --------------------------------------------------------------------------------------
-def _permuted_stats(make_block, n_perm, n_vox, n_studies):
-    """Yield ``(perm_slice, stat)`` with ``stat`` of shape (n in slice, n_vox).
+def _permuted_stats(make_block, n_perm, n_vox, n_studies, per=None):
+    """Yield ``(perm_slice, t, df)``, each of shape (n in slice, n_vox).
 
-    ``make_block(perm_slice, vox_slice)`` returns the statistics of those permutations at
-    those voxels; blocks hold about ``_CHUNK_ELEMENTS / n_studies`` columns (several
-    permutations of a small mask, or part of one permutation of a large mask).
+    ``make_block(perm_slice, vox_slice)`` returns the statistics (z, or t under
+    Knapp-Hartung) and their test df (inf for z) of those permutations at those voxels.
+    Numpy blocks hold about ``_CHUNK_ELEMENTS / n_studies`` columns (several permutations
+    of a small mask, or part of one permutation of a large mask); ``per`` fixes the
+    permutations per block instead (all voxels at once: the compiled refits).
     """
     from msnet.logs import Progress
 
     cols = max(1, _CHUNK_ELEMENTS // n_studies)
-    per, width = max(1, cols // n_vox), min(n_vox, cols)
+    width = n_vox if per else min(n_vox, cols)
+    per = per or max(1, cols // n_vox)
     progress = Progress(LOGGER, f"permutations ({n_vox} voxels, {n_studies} studies)", n_perm)
     for p0 in range(0, n_perm, per):
         ps = slice(p0, min(n_perm, p0 + per))
-        stat = np.empty((ps.stop - ps.start, n_vox))
+        t = np.empty((ps.stop - ps.start, n_vox))
+        df = np.empty_like(t)
         for v0 in range(0, n_vox, width):
             vs = slice(v0, min(n_vox, v0 + width))
-            stat[:, vs] = make_block(ps, vs)
-        yield ps, stat
+            t[:, vs], df[:, vs] = make_block(ps, vs)
+        yield ps, t, df
         progress.update(ps.stop)
+
+
+def _pooled_t(Y, V, X, opts, min_studies):
+    """Statistic (z, or t under Knapp-Hartung) of the last coefficient and its test df
+    (inf for z) for many data sets, each of shape (m,)."""
+    core = _fit_core(Y, V, X, opts["method"], opts["knapp_hartung"], min_studies)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = core["beta"][-1] / np.sqrt(core["cov"][:, -1, -1])
+    return stat, core["df_test"]
 
 
 def _pooled_stat(Y, V, X, opts, min_studies):
     """z maps (of the last coefficient) for many data sets, shape (m,)."""
-    core = _fit_core(Y, V, X, opts["method"], opts["knapp_hartung"], min_studies)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        stat = core["beta"][-1] / np.sqrt(core["cov"][:, -1, -1])
-    return as_z(stat, core["df_test"])
+    return as_z(*_pooled_t(Y, V, X, opts, min_studies))
 
 
 def as_z(stat, df):
@@ -1250,6 +1260,81 @@ def as_z(stat, df):
     return np.where(np.isinf(df), stat, z)
 
 
+_COMPILED = True
+"""Permutation refits use the compiled kernels of :mod:`msnet._metakernels` where they
+apply (intercept-only models and one-moderator meta-regressions); False (or numba missing)
+falls back to :func:`_fit_core` on permutation batches. Both give the same statistics
+(``tests/unit/test_meta.py``)."""
+_KERNEL_BLOCK = 2**18
+"""Statistics per block of compiled permutation refits (permutations x voxels): two
+float64 arrays of 2 MB."""
+
+
+def _compiled_block(k, n_vox, X, opts):
+    """Return ``make_block(rows, signs)`` -> ``(ps, vs) -> (t, df)`` running
+    :func:`msnet._metakernels.perm_stats`, or None where it does not apply."""
+    if not _COMPILED:
+        return None
+    p = 1 if X is None else X.shape[1]
+    if p == 1 and X is not None and not np.all(X == 1.0):
+        return None
+    if p == 2 and not np.all(X[:, 0] == 1.0) or p > 2:
+        return None
+    try:
+        from msnet import _metakernels as kern
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    x = np.zeros(k) if p == 1 else np.ascontiguousarray(X[:, 1], dtype=float)
+    method = {"REML": kern.REML, "DL": kern.DL, "FE": kern.FE}[opts["method"].upper()]
+
+    def factory(Y, V, rows, signs, min_studies):
+        Yt = np.ascontiguousarray(np.asarray(Y, float).T)
+        Vt = np.ascontiguousarray(np.asarray(V, float).T)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        signs = np.ascontiguousarray(signs, dtype=float)
+        min_k = max(int(min_studies), p + 1)
+
+        def block(ps, vs):
+            t = np.empty((ps.stop - ps.start, n_vox))
+            df = np.empty_like(t)
+            kern.perm_stats(Yt, Vt, x, rows[ps], signs[ps], p, method,
+                            bool(opts["knapp_hartung"]), min_k, t, df)
+            return t[:, vs], df[:, vs]
+
+        return block
+
+    return factory
+
+
+def _max_abs_z(t, df):
+    """Row-wise ``max |as_z(t, df)|`` over finite values (0 for none), as
+    ``_nanmax_abs(as_z(t, df))`` but converting one value per row and distinct df: |z| is
+    increasing in |t| at a given df. Rows where that value is not finite (the t tail
+    underflows) are converted in full."""
+    a = np.abs(t)
+    a = np.where(np.isfinite(a), a, -1.0)
+    best = np.zeros(t.shape[0])
+    redo = np.zeros(t.shape[0], dtype=bool)
+    for d in np.unique(df):
+        top = np.where(df == d, a, -1.0).max(axis=1)
+        has = top >= 0
+        z = np.abs(as_z(top[has], d))
+        best[has] = np.maximum(best[has], np.where(np.isfinite(z), z, 0.0))
+        redo[np.flatnonzero(has)[~np.isfinite(z)]] = True
+    for row in np.flatnonzero(redo):
+        best[row] = _nanmax_abs(as_z(t[row], df[row])[None])[0]
+    return best
+
+
+def _supra_z(t, df, z_threshold):
+    """``nan_to_num(as_z(t, df))`` where it can exceed ``z_threshold`` in absolute value, 0
+    elsewhere (|z| <= |t|: the t distribution's tails are heavier), for cluster sizes."""
+    z = np.zeros(t.shape)
+    cand = np.abs(t) > z_threshold * (1.0 - 1e-6)
+    z[cand] = np.nan_to_num(as_z(t[cand], df[cand]))
+    return z
+
+
 def sign_flip_null(Y, V, opts, rng, grid=None, z_threshold=None):
     """Sign-flipping permutation null of the pooled random-effects statistic.
 
@@ -1258,7 +1343,9 @@ def sign_flip_null(Y, V, opts, rng, grid=None, z_threshold=None):
     each study's effect is distributed symmetrically about zero (including its random
     between-study deviation) and studies are independent; spatial dependence within a
     study is kept because one sign applies to its whole map. All 2^k sign patterns are
-    used when 2^k <= n_permutations (exact test).
+    used when 2^k <= n_permutations (exact test). The refits run in compiled code
+    (:mod:`msnet._metakernels`) and only the maximum (and the supra-threshold part of each
+    map, for clusters) is converted to z.
 
     Parameters
     ----------
@@ -1284,19 +1371,26 @@ def sign_flip_null(Y, V, opts, rng, grid=None, z_threshold=None):
     signs, exact = sign_flips(k, opts["n_permutations"], rng)
     n = signs.shape[0]
     max_stat, max_cluster = np.zeros(n), np.zeros(n)
+    factory = _compiled_block(k, n_vox, None, opts)
+    if factory is not None:
+        block = factory(Y, V, np.broadcast_to(np.arange(k), (n, k)), signs,
+                        opts["min_studies"])
+        per = max(1, _KERNEL_BLOCK // n_vox)
+    else:
+        per = None
 
-    def block(ps, vs):
-        n_p = ps.stop - ps.start
-        flipped = (signs[ps, :, None] * Y[None, :, vs]).transpose(1, 0, 2).reshape(k, -1)
-        stat = _pooled_stat(flipped, np.tile(V[:, vs], (1, n_p)), None, opts,
-                            opts["min_studies"])
-        return stat.reshape(n_p, -1)
+        def block(ps, vs):
+            n_p = ps.stop - ps.start
+            flipped = (signs[ps, :, None] * Y[None, :, vs]).transpose(1, 0, 2).reshape(k, -1)
+            t, df = _pooled_t(flipped, np.tile(V[:, vs], (1, n_p)), None, opts,
+                              opts["min_studies"])
+            return t.reshape(n_p, -1), df.reshape(n_p, -1)
 
-    for ps, stat in _permuted_stats(block, n, n_vox, k):
-        max_stat[ps] = _nanmax_abs(stat)
+    for ps, t, df in _permuted_stats(block, n, n_vox, k, per):
+        max_stat[ps] = _max_abs_z(t, df)
         if grid is not None and z_threshold is not None:
-            max_cluster[ps] = [grid.max_cluster_size(np.nan_to_num(z), z_threshold, True)
-                               for z in stat]
+            max_cluster[ps] = grid.null_maxima(_supra_z(t, df, z_threshold), True,
+                                               z_threshold)[0]
     return max_stat, max_cluster, exact
 
 
@@ -1304,22 +1398,30 @@ def moderator_permutation_null(Y, V, X, opts, rng):
     """Permutation null (max |stat| of the last coefficient) for a voxelwise meta-regression.
 
     The rows of (Y, V) -- whole study maps -- are permuted against the design, i.e. the
-    moderator values are shuffled across studies (exact when k! <= n_permutations).
+    moderator values are shuffled across studies (exact when k! <= n_permutations). With
+    the design ``(1, x)`` the refits run in compiled code (:mod:`msnet._metakernels`).
     """
     k, n_vox = Y.shape
     orders, exact = permutation_orders(k, opts["n_permutations"], rng)
     n = orders.shape[0]
     max_stat = np.zeros(n)
     min_k = max(opts["min_studies"], X.shape[1] + 1)
+    factory = _compiled_block(k, n_vox, X, opts)
+    if factory is not None:
+        block = factory(Y, V, orders, np.ones((n, k)), min_k)
+        per = max(1, _KERNEL_BLOCK // n_vox)
+    else:
+        per = None
 
-    def block(ps, vs):
-        idx = orders[ps]
-        Yp = Y[:, vs][idx].transpose(1, 0, 2).reshape(k, -1)
-        Vp = V[:, vs][idx].transpose(1, 0, 2).reshape(k, -1)
-        return _pooled_stat(Yp, Vp, X, opts, min_k).reshape(idx.shape[0], -1)
+        def block(ps, vs):
+            idx = orders[ps]
+            Yp = Y[:, vs][idx].transpose(1, 0, 2).reshape(k, -1)
+            Vp = V[:, vs][idx].transpose(1, 0, 2).reshape(k, -1)
+            t, df = _pooled_t(Yp, Vp, X, opts, min_k)
+            return t.reshape(idx.shape[0], -1), df.reshape(idx.shape[0], -1)
 
-    for ps, stat in _permuted_stats(block, n, n_vox, k):
-        max_stat[ps] = _nanmax_abs(stat)
+    for ps, t, df in _permuted_stats(block, n, n_vox, k, per):
+        max_stat[ps] = _max_abs_z(t, df)
     return max_stat, exact
 
 

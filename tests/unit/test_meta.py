@@ -537,6 +537,91 @@ def test_sign_flip_is_exact_for_few_studies():
     np.testing.assert_allclose(res["p_fwe"], 2 / 16)
 
 
+def _reference_sign_flip_null(Y, V, opts, rng, grid=None, z_threshold=None):
+    """The sign-flip null before the compiled refits: one numpy fit of every voxel per
+    permutation, full z maps, max |z| and the largest cluster of each map."""
+    signs, exact = meta.sign_flips(Y.shape[0], opts["n_permutations"], rng)
+    max_stat, max_cluster = np.zeros(len(signs)), np.zeros(len(signs))
+    for b, s in enumerate(signs):
+        z = meta._pooled_stat(s[:, None] * Y, V, None, opts, opts["min_studies"])
+        max_stat[b] = meta._nanmax_abs(z[None])[0]
+        if grid is not None:
+            max_cluster[b] = grid.max_cluster_size(np.nan_to_num(z), z_threshold, True)
+    return max_stat, max_cluster, exact
+
+
+def _reference_moderator_null(Y, V, X, opts, rng):
+    """The meta-regression permutation null before the compiled refits (numpy, per order)."""
+    orders, exact = meta.permutation_orders(Y.shape[0], opts["n_permutations"], rng)
+    min_k = max(opts["min_studies"], X.shape[1] + 1)
+    return np.array([meta._nanmax_abs(meta._pooled_stat(Y[o], V[o], X, opts, min_k)[None])[0]
+                     for o in orders]), exact
+
+
+def _awkward_maps(k=12, n_vox=300, seed=1):
+    """Maps with a planted effect, heterogeneity, missing studies, voxels with too few
+    studies (fixed effect) and identical effects (Knapp-Hartung fallback)."""
+    rng = np.random.default_rng(seed)
+    V = rng.uniform(0.02, 0.2, (k, n_vox))
+    tau = rng.choice([0.0, 0.1, 0.4], n_vox)
+    Y = 0.15 + rng.normal(size=(k, n_vox)) * np.sqrt(V + tau**2)
+    Y[rng.random((k, n_vox)) < 0.1] = np.nan
+    Y[:, :5] = 0.3
+    Y[: k - 2, 5:10] = np.nan
+    return Y, V, rng.normal(size=k)
+
+
+@pytest.mark.parametrize("method", ["REML", "DL"])
+@pytest.mark.parametrize("knha", [True, False])
+def test_compiled_permutation_nulls_equal_the_numpy_reference(method, knha, monkeypatch):
+    from msnet import stats as msstats
+
+    Y, V, x = _awkward_maps()
+    mask = np.zeros((10, 10, 4), bool)
+    mask.flat[:300] = True
+    grid = msstats.VoxelGrid(mask, 1)
+    X = np.column_stack([np.ones(x.size), x])
+    opts = meta.resolve_options({"n_permutations": 60, "method": method, "knapp_hartung": knha})
+    z_thr = 1.5
+    ref = _reference_sign_flip_null(Y, V, opts, np.random.default_rng(3), grid, z_thr)
+    ref_mod = _reference_moderator_null(Y, V, X, opts, np.random.default_rng(4))
+    for compiled in (True, False):  # the kernels, and the numpy fallback on batches
+        monkeypatch.setattr(meta, "_COMPILED", compiled)
+        new = meta.sign_flip_null(Y, V, opts, np.random.default_rng(3), grid, z_thr)
+        new_mod = meta.moderator_permutation_null(Y, V, X, opts, np.random.default_rng(4))
+        if method == "DL" and compiled:  # same operations in the same order
+            np.testing.assert_array_equal(new[0], ref[0])
+        # REML stops at |step| < 1e-10: the numpy reference itself moves by that much
+        # when its batches change (summation order), hence a tolerance
+        np.testing.assert_allclose(new[0], ref[0], rtol=1e-8, atol=0)
+        np.testing.assert_array_equal(new[1], ref[1])
+        np.testing.assert_allclose(new_mod[0], ref_mod[0], rtol=1e-8, atol=0)
+        assert new[2] == ref[2] and new_mod[1] == ref_mod[1]
+        observed = np.abs(meta._pooled_stat(Y, V, None, opts, 3))
+        np.testing.assert_array_equal(meta.permutation_p(new[0][:, None], observed, new[2]),
+                                      meta.permutation_p(ref[0][:, None], observed, ref[2]))
+
+
+def test_compiled_kernel_equals_fit_core_column_by_column():
+    from msnet import _metakernels as kern
+
+    Y, V, x = _awkward_maps(k=9, n_vox=200, seed=5)
+    X = np.column_stack([np.ones(x.size), x])
+    rows = np.stack([np.arange(9), np.random.default_rng(0).permutation(9)])
+    for p, design in ((1, None), (2, X)):
+        for method, code in (("REML", kern.REML), ("DL", kern.DL), ("FE", kern.FE)):
+            t = np.empty((2, 200))
+            df = np.empty_like(t)
+            kern.perm_stats(np.ascontiguousarray(Y.T), np.ascontiguousarray(V.T), x, rows,
+                            np.ones((2, 9)), p, code, True, max(3, p + 1), t, df)
+            for b in range(2):
+                core = meta._fit_core(Y[rows[b]], V[rows[b]], design, method, True, 3)
+                with np.errstate(invalid="ignore"):
+                    ref = core["beta"][-1] / np.sqrt(core["cov"][:, -1, -1])
+                np.testing.assert_allclose(t[b], ref, rtol=1e-8, atol=1e-12)
+                np.testing.assert_array_equal(df[b], core["df_test"])
+
+
 def test_planted_effect_is_recovered_with_cluster_table(tmp_path):
     shape = (8, 8, 6)
     mask = np.zeros(shape, bool)
