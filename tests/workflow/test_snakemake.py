@@ -61,9 +61,9 @@ def test_tiny_workflow_runs_end_to_end(tiny_workflow):
     html = (results / "report.html").read_text()
     for section_id, _ in SECTIONS:
         assert f'id="{section_id}"' in html, section_id
-    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    images = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', html)  # figures: SVG
     assert len(images) >= 10
-    assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
+    assert all(b"<svg" in base64.b64decode(img)[:2000] for img in images)
     assert "http://" not in html.replace("http://www.w3.org", "")
     assert len(list((results / "subjects").glob("study-*/sub-*/*_qc.json"))) == 18
     assert (results / "meta" / "meta_desc-networks_stats.tsv").stat().st_size > 0
