@@ -163,3 +163,87 @@ def test_ale_mkda_equal_nimare_called_directly(method):
     skipped = lit.cbma_nimare(peaks, studies, "DMN", "MS<HC", mask, method, n_iters=20)
     assert "0 studies reported DMN MS<HC peaks" in skipped["skipped"]
     assert not skipped["z"].any()
+
+
+# ------------------------------------------------------------------ SDM-style estimator
+def test_single_peak_map_is_the_analytic_gaussian():
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(-60, 60, (500, 3))
+    peak = np.array([10.0, -20.0, 30.0])
+    lower, upper, est = lit.recreate_study_map(coords, peak, [0.8], 0.5, fwhm_mm=20.0)
+    sigma = 20.0 / np.sqrt(8 * np.log(2))
+    expected = 0.8 * np.exp(-np.sum((coords - peak) ** 2, axis=1) / (2 * sigma**2))
+    np.testing.assert_allclose(est, expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose((lower + upper) / 2, est, atol=1e-12)
+    assert np.all(lower <= est) and np.all(est <= upper)
+    at_peak = lit.recreate_study_map(peak[None], peak, [0.8], 0.5)
+    assert [float(a[0]) for a in at_peak] == pytest.approx([0.8, 0.8, 0.8])
+    # half maximum at FWHM/2; anisotropic kernel: per-axis FWHM
+    half = lit.recreate_study_map(peak + [10.0, 0, 0], peak, [-1.0], 0.5)[2]
+    assert half[0] == pytest.approx(-0.5)
+    aniso = lit.recreate_study_map(peak + [[5.0, 0, 0], [0, 0, 15.0]], peak, [1.0], 0.5,
+                                   fwhm_mm=(10.0, 20.0, 30.0))[2]
+    assert aniso == pytest.approx([0.5, 0.5])
+
+
+def test_study_without_peaks_contributes_zero_with_null_variance():
+    from msnet.stats import hedges_g
+
+    mask = _mask8()
+    studies = pd.DataFrame({"study_id": ["P", "Q"], "n_ms": [30, 25], "n_hc": [20, 18],
+                            "threshold_p": [0.001, 0.005],
+                            "networks": [("DMN",), ("DMN", "SMN")]}).set_index(
+        "study_id", drop=False)
+    peaks = pd.DataFrame({"study_id": ["P"], "network": ["DMN"], "direction": ["MS>HC"],
+                          "x_mni": [-4.0], "y_mni": [42.0], "z_mni": [12.0], "g": [0.9]})
+    maps = lit.sdm_study_maps(peaks, studies, "DMN", mask)
+    assert maps["studies"] == ["P", "Q"] and maps["n_peaks"] == [1, 0]
+    assert not maps["Y"][1].any()
+    g_thr = lit.threshold_g(0.005, 25, 18)
+    # the sampling variance of a null effect plus the bounds' uniform variance (2 g_thr)²/12
+    np.testing.assert_allclose(maps["V"][1], hedges_g(0.0, 25, 18)[1] + g_thr**2 / 3,
+                               rtol=1e-12)
+    plain = lit.sdm_study_maps(peaks, studies, "DMN", mask, bound_variance=False)
+    np.testing.assert_allclose(plain["V"][1], hedges_g(0.0, 25, 18)[1], rtol=1e-12)
+    np.testing.assert_allclose(maps["lower"][1], -g_thr)
+    np.testing.assert_allclose(maps["upper"][1], g_thr)
+    assert 0.6 < maps["Y"][0].max() <= 0.9  # the nearest 8 mm voxel is < 7 mm away
+    smn = lit.sdm_study_maps(peaks, studies, "SMN", mask)
+    assert smn["studies"] == ["Q"]  # P did not analyse the SMN
+
+
+def _null_literature(rng, coords, k=10):
+    """k studies, each reporting Poisson(1.5) peaks at random places with random signs and
+    |t| above its p < 0.001 threshold: a literature with no true effect."""
+    studies = pd.DataFrame({"study_id": [f"S{i}" for i in range(k)],
+                            "n_ms": rng.integers(15, 60, k), "n_hc": rng.integers(12, 40, k),
+                            "threshold_p": 0.001})
+    studies["networks"] = [("SMN",)] * k
+    studies = studies.set_index("study_id", drop=False)
+    rows = []
+    for s in studies.index:
+        n1, n2 = studies.loc[s, "n_ms"], studies.loc[s, "n_hc"]
+        for _ in range(rng.poisson(1.5)):
+            xyz = coords[rng.integers(len(coords))] + rng.uniform(-4, 4, 3)
+            t = (stats.t.isf(0.001, n1 + n2 - 2) + rng.exponential(1.0)) * rng.choice([-1, 1])
+            rows.append({"study_id": s, "network": "SMN", "x_mni": xyz[0], "y_mni": xyz[1],
+                         "z_mni": xyz[2], "g": float(lit.t_to_g(t, n1, n2)[0])})
+    return pd.DataFrame(rows, columns=["study_id", "network", "x_mni", "y_mni", "z_mni", "g"]
+                        ), studies
+
+
+def test_sdm_fwe_is_calibrated_over_null_literatures():
+    """Sign-flip FWE of the SDM-style meta: family-wise false-positive rate at alpha 0.05
+    over 100 simulated null literatures (8 mm SMN mask, 449 voxels, 99 sign flips each)."""
+    from msnet.atlas import mask_coordinates
+
+    mask = lit.template_mask("SMN", _mask8())
+    coords = mask_coordinates(mask)
+    rng = np.random.default_rng(1)
+    hits = 0
+    for r in range(100):
+        peaks, studies = _null_literature(rng, coords)
+        res = lit.sdm_meta(lit.sdm_study_maps(peaks, studies, "SMN", mask), mask,
+                           {"n_permutations": 99, "seed": r}, "SMN")
+        hits += bool(np.nanmin(res["p_fwe"]) <= 0.05)
+    assert 0.01 <= hits / 100 <= 0.10, hits
