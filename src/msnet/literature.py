@@ -30,7 +30,7 @@ from scipy import stats
 
 from msnet import ANALYSIS_NETWORKS
 from msnet.config import load_schema
-from msnet.errors import MsnetInputError, MsnetInputErrors
+from msnet.errors import MsnetInputError
 from msnet.io.tables import _coerce, _raise, _validate_rows, read_tsv
 
 LOGGER = logging.getLogger(__name__)
