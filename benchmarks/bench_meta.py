@@ -10,10 +10,13 @@ the metafor default) it times
   the masked arrays (compute only),
 
 and prints both times, their ratio and the largest absolute differences of the pooled
-estimate, its SE, τ² and z. Optionally (``--permutations N``) it also times N sign-flip
-permutation refits of msnet's FWE procedure (NiMARE has none for random-effects models).
+estimate, its SE, τ² and z. Optionally (``--permutations N``) it also times N permutation
+refits of msnet's sign-flip FWE and meta-regression nulls (NiMARE has none for random-effects
+models), compiled kernels against the numpy batches they replaced (:func:`time_permutations`).
 
-Usage: ``python benchmarks/bench_meta.py [--studies 25] [--voxels 50000] [--permutations 0]``
+Usage: ``python benchmarks/bench_meta.py [--studies 25] [--voxels 50000] [--permutations 0]``;
+demo size (a network mask of the demo: about 10k voxels, 25 studies):
+``python benchmarks/bench_meta.py --voxels 10000 --permutations 100``.
 """
 
 from __future__ import annotations
@@ -98,6 +101,53 @@ def run_pymare(Y, V, method):
     return time.perf_counter() - t0
 
 
+def time_permutations(Y, V, n_perm, seed):
+    """CPU time per permutation of the stage's nulls: compiled refits vs numpy batches.
+
+    Times :func:`msnet.meta.sign_flip_null` (the main effect) and
+    :func:`msnet.meta.moderator_permutation_null` (one moderator) with the stage defaults
+    (REML, Knapp-Hartung), once with the compiled kernels and once with the numpy batches
+    that ran before them (``meta._COMPILED = False``), back to back, on the same seed; CPU
+    time (``time.process_time``) so a loaded machine counts what the job itself uses. The
+    plain route has no permutation refits: redoing PyMARE's REML fit per permutation would
+    cost one PyMARE REML fit (CPU time here), so that is the ratio printed. ``meta_voxelwise`` runs
+    ``1 + len(moderators)`` such nulls per network (5 with the demo's 4 moderators).
+    """
+    opts = meta.resolve_options({"n_permutations": n_perm, "seed": seed})
+    x = np.random.default_rng(seed).normal(50, 8, Y.shape[0])
+    X = np.column_stack([np.ones(x.size), x])
+    meta.sign_flip_null(Y[:, :10], V[:, :10], opts, np.random.default_rng(seed))  # compile
+    meta.moderator_permutation_null(Y[:, :10], V[:, :10], X, opts, np.random.default_rng(seed))
+    per, results = {}, {}
+    for compiled in (False, True):
+        meta._COMPILED = compiled
+        t0 = time.process_time()
+        flip = meta.sign_flip_null(Y, V, opts, np.random.default_rng(seed))[0]
+        t1 = time.process_time()
+        mod = meta.moderator_permutation_null(Y, V, X, opts, np.random.default_rng(seed))[0]
+        t2 = time.process_time()
+        per[compiled] = ((t1 - t0) / n_perm, (t2 - t1) / n_perm)
+        results[compiled] = (flip, mod)
+    meta._COMPILED = True
+    from pymare.estimators import VarianceBasedLikelihoodEstimator
+
+    t0 = time.process_time()
+    VarianceBasedLikelihoodEstimator(method="REML").fit(y=Y, v=V, X=np.ones((Y.shape[0], 1)))
+    t_pymare = time.process_time() - t0
+    print(f"\npermutations (REML, Knapp-Hartung; {n_perm} each, CPU ms per permutation):")
+    for label, i in (("sign-flip (main effect)", 0), ("moderator (meta-regression)", 1)):
+        before, after = per[False][i] * 1000, per[True][i] * 1000
+        diff = np.max(np.abs(results[True][i] - results[False][i]))
+        print(f"  {label}: numpy batches {before:.1f} ms, compiled {after:.1f} ms -> "
+              f"{before / after:.1f}x; max |diff| of the null maxima {diff:.1e}")
+    loops = per[True][0] + 4 * per[True][1], per[False][0] + 4 * per[False][1]
+    print(f"  one network, main effect + 4 moderators x {n_perm} permutations: "
+          f"{loops[1] * n_perm:.1f} s -> {loops[0] * n_perm:.1f} s CPU")
+    print(f"  PyMARE REML fit (one permutation by the plain route) {t_pymare * 1000:.0f} ms vs "
+          f"msnet compiled sign-flip {per[True][0] * 1000:.1f} ms -> "
+          f"{t_pymare / per[True][0]:.0f}x")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=25)
@@ -124,15 +174,7 @@ def main(argv=None):
                 rel = diff / np.maximum(np.abs(theirs[key]), 1e-8)
                 print(f"  {key:5s} max |diff| {np.nanmax(diff):.2e}  max rel {np.nanmax(rel):.2e}")
         if args.permutations:
-            opts = meta.resolve_options({"n_permutations": args.permutations})
-            for method in ("DL", "REML"):
-                opts["method"] = method
-                t0 = time.perf_counter()
-                meta.sign_flip_null(Y, V, opts, np.random.default_rng(args.seed))
-                elapsed = time.perf_counter() - t0
-                print(f"\nmsnet sign-flip {method}: {args.permutations} permutations in "
-                      f"{elapsed:.2f} s ({elapsed / args.permutations * 1000:.0f} ms each)")
-
+            time_permutations(Y, V, args.permutations, args.seed)
 
 if __name__ == "__main__":
     main()
