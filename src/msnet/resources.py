@@ -1,8 +1,8 @@
 """Memory and run time each rule asks for, scaled with what it processes.
 
-A constant request is wrong at one end or the other: 4 GB per subject job is twenty times
-what a 4 mm demo subject needs, and 16 GB for the pooled models is too little for 2,410
-subjects at 2 mm and far too much for the demo, and a SLURM queue punishes both. Each rule's
+A constant request is wrong at one end or the other: 4 GB per subject job is ten times what a
+4 mm demo subject needs, and a pooled model's needs grow with subjects x voxels (about 1 GB
+for 2,410 subjects at 4 mm, several at 2 mm), and a SLURM queue punishes both. Each rule's
 ``mem_mb`` and ``runtime`` here are a linear model of its input size (subjects, voxels,
 volumes, permutations) whose coefficients come from the peaks that
 ``benchmarks/bench_fullscale.sh`` measured for the demo and for the 2,410-subject run on a
@@ -121,28 +121,33 @@ def estimate(rule: str, w: Workload, n_subjects: int | None = None) -> dict:
         ``mem_mb`` and ``runtime``.
     """
     n = n_subjects or 1
+    # Coefficients fitted to bench_fullscale.sh's peaks (demo: 189 subjects; scale 1: 2,410
+    # subjects, 25 studies; 4 mm, 120-240 volumes, 1000/1000/500 permutations) and to
+    # bench_subject.py at fMRIPrep size (97 x 115 x 97 x 300: 25-35 s per subject, loaded).
     # seconds per subject: simulating and processing both grow with grid x volumes
-    per_subject_s = 2.0 + 2.0e-7 * w.grid_voxels * w.n_volumes
-    # one permutation of a voxelwise GLM costs about 1.5 ns per subject x voxel
-    perm_s = {k: 1.5e-9 * w.n_subjects * w.mask_voxels * NETWORKS * v * (10 if w.tfce else 1)
+    per_subject_s = 0.5 + 6e-8 * w.grid_voxels * w.n_volumes
+    # one permutation of the voxelwise GLM over the four network masks together (about one
+    # brain's worth of voxels): about 1.1 ns per subject x brain voxel (numba kernels)
+    perm_s = {k: 1.1e-9 * w.n_subjects * w.mask_voxels * v * (10 if w.tfce else 1)
               for k, v in w.permutations.items()}
-    maps_mb = w.n_subjects * w.mask_voxels * NETWORKS * 8 / 1e6  # every subject map, float64
+    brain_maps_mb = w.n_subjects * w.mask_voxels * 8 / 1e6  # one float64 brain map per subject
+    study_maps_mb = w.max_study_subjects * w.mask_voxels * 8 / 1e6
+    pooled_min = 1 + w.n_subjects / 5000
     models = {
         "simulate_study": (300 + 3 * w.bold_mb, 1 + w.max_study_subjects * per_subject_s / 60),
         "simulate": (300, 1),
         "compute_subject_connectivity": (250 + 2 * w.bold_mb, 0.5 + n * per_subject_s / 60),
         "summarise_study_qc": (300, 1),
-        "make_network_masks": (400 + maps_mb / NETWORKS, 1 + w.n_subjects / 2000),
-        "compare_groups_study": (400 + 2 * maps_mb * w.max_study_subjects / w.n_subjects, 2),
-        "compare_groups_pooled": (600 + 3 * maps_mb, 2 + w.n_subjects / 500
-                                  + perm_s["group"] / 60),
+        "make_network_masks": (150 + 0.75 * brain_maps_mb, 1 + w.n_subjects / 2000),
+        "compare_groups_study": (150 + study_maps_mb, 2),
+        "compare_groups_pooled": (450 + brain_maps_mb, pooled_min + perm_s["group"] / 60),
         "clinical_study": (400, 2),
-        "clinical_pooled": (600 + 3 * maps_mb, 2 + w.n_subjects / 500 + perm_s["clinical"] / 60),
+        "clinical_pooled": (150 + 0.5 * brain_maps_mb, pooled_min + perm_s["clinical"] / 60),
         "meta_networks": (400, 2),
         "meta_voxelwise": (400 + 40 * w.n_studies * w.mask_voxels * 8 / 1e6,
                            1 + 1e-8 * w.permutations["meta"] * w.n_studies * w.mask_voxels),
         "meta_vs_mega": (300, 1),
-        "build_report": (1000 + w.n_subjects * 0.2, 5 + w.n_subjects / 1000),
+        "build_report": (500 + 0.1 * w.n_subjects, 1 + w.n_subjects / 2000),
     }
     if rule not in models:
         raise KeyError(f"no resource model for rule {rule!r}")

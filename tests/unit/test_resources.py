@@ -29,19 +29,53 @@ def test_every_rule_of_the_schema_has_a_model():
 
 def test_requests_grow_with_subjects_voxels_and_permutations():
     small, big = _workload(), _workload(n_subjects=2410, max_study_subjects=428)
-    assert estimate("compare_groups_pooled", big)["mem_mb"] > 4 * estimate(
+    assert estimate("compare_groups_pooled", big)["mem_mb"] > 1.5 * estimate(
         "compare_groups_pooled", small)["mem_mb"]
     assert estimate("simulate_study", big)["runtime"] > estimate("simulate_study", small)["runtime"]
     fine = _workload(grid_voxels=1_082_035, n_volumes=300)  # fMRIPrep 2 mm, 300 volumes
     assert estimate("compute_subject_connectivity", fine)["mem_mb"] > 4 * estimate(
         "compute_subject_connectivity", small)["mem_mb"]
-    assert estimate("compute_subject_connectivity", small, 10)["runtime"] > estimate(
-        "compute_subject_connectivity", small, 1)["runtime"]
+    assert estimate("compute_subject_connectivity", fine, 10)["runtime"] > estimate(
+        "compute_subject_connectivity", fine, 1)["runtime"]
     more = _workload(permutations={"group": 10000, "clinical": 1000, "meta": 500})
     assert estimate("compare_groups_pooled", more)["runtime"] > estimate(
         "compare_groups_pooled", small)["runtime"]
     assert estimate("compare_groups_pooled", _workload(tfce=True))["runtime"] > estimate(
         "compare_groups_pooled", small)["runtime"]
+
+
+MEASURED_PEAK_MB = {
+    "compute_subject_connectivity": (334, 343), "simulate_study": (362, 375),
+    "make_network_masks": (195, 629), "compare_groups_study": (159, 236),
+    "compare_groups_pooled": (484, 941), "clinical_pooled": (188, 455),
+    "meta_voxelwise": (286, 300), "build_report": (355, 373),
+}
+"""Peak RSS per rule printed by benchmarks/bench_fullscale.sh (2026-11-30): the demo (189
+subjects) and scale 1 (2,410 subjects, 25 studies), 4 mm, runs of up to 240 volumes."""
+
+
+MEASURED_MAX_MINUTES = {
+    "simulate_study": 11.3, "compare_groups_pooled": 1.5, "clinical_pooled": 1.8,
+    "meta_voxelwise": 3.8, "make_network_masks": 1.5, "build_report": 0.8,
+}
+"""Longest job of each rule at scale 1 in the same run (wall, on a machine with other work)."""
+
+
+@pytest.mark.parametrize("rule", sorted(MEASURED_MAX_MINUTES))
+def test_runtime_requests_cover_the_measured_scale_1_jobs(rule):
+    full = _workload(n_subjects=2410, max_study_subjects=428, n_volumes=240)
+    assert estimate(rule, full)["runtime"] >= 1.5 * MEASURED_MAX_MINUTES[rule]
+
+
+@pytest.mark.parametrize("rule", sorted(MEASURED_PEAK_MB))
+def test_memory_requests_cover_the_measured_peaks_without_waste(rule):
+    """Each request is at least 1.5x the measured peak (headroom) and at most 6x (a request
+    far above the need keeps jobs pending on small nodes), at both scales."""
+    demo = _workload(max_study_subjects=22, n_volumes=240)
+    full = _workload(n_subjects=2410, max_study_subjects=428, n_volumes=240)
+    for w, peak in zip((demo, full), MEASURED_PEAK_MB[rule], strict=True):
+        request = estimate(rule, w, 10)["mem_mb"]
+        assert 1.5 * peak <= request <= 6 * peak, (rule, w.n_subjects, request, peak)
 
 
 def test_demo_workload_comes_from_the_simulation_settings():
