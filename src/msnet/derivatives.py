@@ -1,7 +1,7 @@
 """The results folder as a BIDS-derivatives dataset: descriptions of every table and map.
 
 One place for what each output column and each map statistic means, so that a new column
-cannot be written without a description (``tests/workflow/test_derivatives.py`` checks every
+cannot be written without a description (``tests/workflow/test_derivatives_workflow.py`` checks every
 TSV of a real workflow run against :data:`COLUMNS`):
 
 * :func:`write_table` writes a TSV and its BIDS column dictionary (``*.json`` beside it:
