@@ -29,9 +29,8 @@ import pandas as pd
 from scipy import stats
 
 from msnet import ANALYSIS_NETWORKS
-from msnet.config import load_schema
 from msnet.errors import MsnetInputError
-from msnet.io.tables import _coerce, _raise, _validate_rows, read_tsv
+from msnet.io.tables import _raise, duplicate_rows, read_checked
 
 LOGGER = logging.getLogger(__name__)
 
@@ -154,17 +153,9 @@ def read_literature_studies(path) -> pd.DataFrame:
     from msnet.meta import MODERATORS
 
     path = Path(path)
-    schema = load_schema("literature_studies")
-    problems = []
-    table = _coerce(read_tsv(path, "literature studies table"), schema, path, problems)
-    if not _validate_rows(table, schema, path, problems):
-        _raise(problems, path)
-    dup = table["study_id"].duplicated(keep=False)
-    if dup.any():
-        rows = [int(i) + 1 for i in np.flatnonzero(dup.to_numpy())]
-        problems.append(f"{path}: duplicate study_id "
-                        f"{', '.join(sorted(set(table.loc[dup, 'study_id'])))} (rows {rows}). "
-                        "Each study must appear once; merge its rows.")
+    table, schema, problems = read_checked(path, "literature_studies", "literature studies table")
+    problems += duplicate_rows(table, "study_id", path,
+                               "Each study must appear once; merge its rows.")
     _raise(problems, path)
     for col in ("threshold_p", "coverage"):
         default = schema["properties"][col]["default"]
@@ -211,11 +202,7 @@ def read_peaks(path, studies: pd.DataFrame, studies_path=None,
     """
     path = Path(path)
     studies_path = studies_path or "the literature studies table"
-    schema = load_schema("peaks")
-    problems = []
-    table = _coerce(read_tsv(path, "peaks table"), schema, path, problems)
-    if not _validate_rows(table, schema, path, problems):
-        _raise(problems, path)
+    table, schema, problems = read_checked(path, "peaks", "peaks table")
     if problems:  # bad cells: the checks below need valid values
         _raise(problems, path)
     table["row"] = np.arange(1, len(table) + 1)

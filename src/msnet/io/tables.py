@@ -128,6 +128,30 @@ def _raise(problems: list, path) -> None:
         raise MsnetInputErrors(problems, str(path))
 
 
+def read_checked(path: Path, schema_name: str, label: str) -> tuple[pd.DataFrame, dict, list]:
+    """Read a TSV, convert its columns to the schema's types and check every row.
+
+    Returns the table, its schema and the list of problems found so far (cells that could not
+    be converted); stops with every problem at once when a row breaks the schema.
+    """
+    schema = load_schema(schema_name)
+    problems = []
+    table = _coerce(read_tsv(path, label), schema, path, problems)
+    if not _validate_rows(table, schema, path, problems):
+        _raise(problems, path)
+    return table, schema, problems
+
+
+def duplicate_rows(table: pd.DataFrame, column: str, path: Path, advice: str) -> list[str]:
+    """The problem message for values of ``column`` that occur more than once (or none)."""
+    dup = table[column].duplicated(keep=False)
+    if not dup.any():
+        return []
+    ids = sorted(set(table.loc[dup, column]))
+    rows = [int(i) + 1 for i in np.flatnonzero(dup.to_numpy())]
+    return [f"{path}: duplicate {column} {', '.join(ids)} (rows {rows}). {advice}"]
+
+
 def read_participants(path, study_id: str | None = None) -> pd.DataFrame:
     """Read and validate a BIDS ``participants.tsv``.
 
@@ -148,17 +172,8 @@ def read_participants(path, study_id: str | None = None) -> pd.DataFrame:
         Numeric columns converted to float; ``n/a`` as NaN.
     """
     path = Path(path)
-    schema = load_schema("participants")
-    problems = []
-    table = _coerce(read_tsv(path, "participants table"), schema, path, problems)
-    if not _validate_rows(table, schema, path, problems):
-        _raise(problems, path)
-    dup = table["participant_id"].duplicated(keep=False)
-    if dup.any():
-        ids = sorted(set(table.loc[dup, "participant_id"]))
-        rows = [int(i) + 1 for i in np.flatnonzero(dup.to_numpy())]
-        problems.append(f"{path}: duplicate participant_id {', '.join(ids)} (rows {rows}). "
-                        "Each participant must appear once.")
+    table, schema, problems = read_checked(path, "participants", "participants table")
+    problems += duplicate_rows(table, "participant_id", path, "Each participant must appear once.")
     for col in CLINICAL_COLUMNS:
         if col in table.columns:
             hc_with = (table["group"] == "HC") & table[col].notna()
