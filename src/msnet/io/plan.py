@@ -16,6 +16,48 @@ import pandas as pd
 from msnet.errors import MsnetInputError, MsnetInputErrors
 
 SPACE = "MNI152NLin2009cAsym"
+"""The default template space (fMRIPrep's default output space; the demo's space)."""
+
+
+def map_name(stem: str, stat: str, space: str = SPACE) -> str:
+    """Return the file name of one statistical map: ``{stem}_space-{space}_stat-{stat}_map.nii.gz``.
+
+    The one place where map names are spelled. ``space`` is the last entity before the
+    statistic, as BIDS derivatives require on every image in a template space.
+
+    Parameters
+    ----------
+    stem : str
+        The leading entities, e.g. ``"pooled_network-DMN"``.
+    stat : str
+        Alphanumeric statistic label, e.g. ``"t"`` or ``"logpfwe"``.
+    space : str
+        Template space name (without fMRIPrep's ``:res-`` part).
+    """
+    return f"{stem}_space-{space}_stat-{stat}_map.nii.gz"
+
+
+def analysis_space(studies: pd.DataFrame) -> str:
+    """Return the one template space every study's BOLD runs are in.
+
+    Group maps compare voxels across studies, so all studies must share one space and grid.
+
+    Raises
+    ------
+    MsnetInputError
+        When the studies name different spaces.
+    """
+    names = studies["space"].astype(str).str.partition(":")[0]
+    spaces = sorted(set(names))
+    if len(spaces) > 1:
+        listing = "; ".join(f"{sp}: {', '.join(studies.loc[names == sp, 'study_id'])}"
+                            for sp in spaces)
+        raise MsnetInputError(
+            f"studies.tsv, column space: the studies are in different template spaces "
+            f"({listing}). Voxelwise group and meta-analysis compare the same voxel across "
+            "studies, so every study needs the same space and grid. Fix: re-run fMRIPrep for "
+            "the odd studies with the same --output-spaces, or analyse them separately.")
+    return spaces[0] if spaces else SPACE
 
 
 @dataclass
