@@ -124,7 +124,7 @@ def _cmd_simulate(args) -> int:
 def _cmd_subject(args) -> int:
     from msnet.config import load_config
     from msnet.connectivity import compute_subject_connectivity
-    from msnet.io.plan import build_plan, subject_outputs
+    from msnet.io.plan import analysis_space, build_plan, subject_outputs
 
     config = load_config(args.config)
     plan = build_plan(config, preflight=False)  # the job checks this subject's files itself
@@ -145,7 +145,7 @@ def _cmd_subject(args) -> int:
               "files there will be newer than the workflow's later outputs, and the next "
               "snakemake run re-runs every job downstream of this subject.", file=sys.stderr)
     paths = subject_outputs(out, args.study, row["label"], config["connectivity"]["seed_maps"],
-                            config["qc"]["subject_pages"])
+                            config["qc"]["subject_pages"], analysis_space(plan.studies))
     qc = compute_subject_connectivity(
         study["fmriprep_dir"], pid, paths, denoise_options=config["denoise"],
         qc_options=config["qc"], connectivity_options=config["connectivity"],

@@ -38,6 +38,7 @@ from msnet.group import (NA, _expand, _restrict, analysis_metrics, complete_voxe
                          load_network_masks, load_subjects, map_sample, metric_sample,
                          permutation_inference, save_maps)
 from msnet.derivatives import write_table
+from msnet.io.plan import space_of
 
 LOG = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def clinical_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps, netw
     -----
     Writes ``pooled_desc-clinical_networks.tsv``, ``pooled_desc-partialregression_scatter.tsv``,
     ``pooled_desc-clinicalexclusions.tsv`` and, per network and voxelwise variable,
-    ``pooled_network-{net}_var-{var}_stat-{t,fdrq,logpfwe,logpcfwe}_map.nii.gz`` (+ TFCE maps)
+    ``pooled_network-{net}_var-{var}_space-{space}_stat-{t,fdrq,logpfwe,logpcfwe}_map.nii.gz`` (+ TFCE maps)
     and ``pooled_network-{net}_var-{var}_clusters.tsv`` (effect column ``peak_beta``), with
     ``{var}`` the variable name without underscores (:func:`file_label`).
     """
@@ -342,7 +343,7 @@ def _voxelwise_variable(data, Y, net, v, mask_img, opts, seed_keys, out_dir):
         ctab = st.cluster_table(res, sub_img, res.effect, "beta", float(opts["alpha"]))
     ctab.insert(0, "variable", v)
     ctab.insert(0, "network", net)
-    written = save_maps(values, mask_img, prefix)
+    written = save_maps(values, mask_img, prefix, space_of(data[f"map_{net}"]))
     cpath = Path(f"{prefix}_clusters.tsv")
     write_table(ctab, cpath)
     return written, str(cpath), records

@@ -410,7 +410,7 @@ def map_sidecar(path, extra: dict | None = None) -> dict:
         out["MultipleComparisonCorrection"] = "family-wise error, permutation (max statistic)"
     elif stat == "fdrq":
         out["MultipleComparisonCorrection"] = "false discovery rate (Benjamini-Hochberg)"
-    out["CoordinateSystem"] = "MNI (mm)"
+    out["CoordinateSystem"] = f"{ent.get('space', 'MNI')} (mm)"
     return {**out, **(extra or {})}
 
 

@@ -52,6 +52,7 @@ from msnet import ANALYSIS_NETWORKS
 from msnet import stats as st
 from msnet.errors import MsnetInputError
 from msnet.derivatives import save_map, write_table
+from msnet.io.plan import map_name, mask_name, space_of
 
 LOG = logging.getLogger(__name__)
 
@@ -403,7 +404,8 @@ def network_mask(template_row, maps_all_subjects, template_threshold: float = 0.
 
 
 def make_network_masks(qc_jsons, maps: dict, out_dir, options=None, brain_mask=None) -> dict:
-    """Write ``{out_dir}/network-{net}_mask.nii.gz`` for each network (see :func:`network_mask`).
+    """Write ``{out_dir}/network-{net}_space-{space}_mask.nii.gz`` for each network (see
+    :func:`network_mask`); the space is the maps' (:func:`msnet.io.plan.space_of`).
 
     Parameters
     ----------
@@ -449,7 +451,7 @@ def make_network_masks(qc_jsons, maps: dict, out_dir, options=None, brain_mask=N
                             opts["mask_template_threshold"], opts["mask_t_threshold"])
         vol = np.zeros(support.shape, np.uint8)
         vol[support] = keep
-        path = Path(out_dir) / f"network-{net}_mask.nii.gz"
+        path = Path(out_dir) / mask_name(net, space_of(paths))
         save_map(nib.Nifti1Image(vol, ref.affine), path)
         LOG.info("mask %s: %d voxels from %d subjects", net, int(keep.sum()), len(good))
         out[net] = str(path)
@@ -771,8 +773,9 @@ def permutation_inference(Y, design: st.Design, term: str, mask, opts: dict, see
         n_jobs=int(opts["n_jobs"]))
 
 
-def save_maps(values: dict, mask_img, prefix: Path) -> list:
-    """Write ``{prefix}_stat-{name}_map.nii.gz`` per map (q maps are 1 outside the mask)."""
+def save_maps(values: dict, mask_img, prefix: Path, space: str) -> list:
+    """Write ``{prefix}_space-{space}_stat-{name}_map.nii.gz`` per map (q maps are 1 outside
+    the mask; names from :func:`msnet.io.plan.map_name`)."""
     import nibabel as nib
 
     mask = np.asarray(mask_img.dataobj) > 0
@@ -780,7 +783,7 @@ def save_maps(values: dict, mask_img, prefix: Path) -> list:
     for name, v in values.items():
         vol = np.full(mask.shape, 1.0 if name == "fdrq" else 0.0, np.float32)
         vol[mask] = v
-        path = prefix.parent / f"{prefix.name}_stat-{name}_map.nii.gz"
+        path = prefix.parent / map_name(prefix.name, name, space)
         save_map(nib.Nifti1Image(vol, mask_img.affine), path)
         written.append(str(path))
     return written
@@ -877,7 +880,8 @@ def compare_groups_study(participants_tsv, qc_jsons, networks_tsvs, maps, networ
         else:
             res = voxelwise_group_study(Yd[:, keep], design, opts["effect_size"])
             values = _expand({k: res[k] for k in ("t", "g", "varg")}, keep)
-        written += save_maps(values, mask_img, out_dir / f"study-{study_id}_network-{net}")
+        written += save_maps(values, mask_img, out_dir / f"study-{study_id}_network-{net}",
+                             space_of(maps[net]))
         records += rec
     paths = {"networks": out_dir / f"study-{study_id}_desc-MSvsHC_networks.tsv",
              "exclusions": out_dir / f"study-{study_id}_desc-exclusions.tsv"}
@@ -979,7 +983,7 @@ def compare_groups_pooled(participants_tsvs: dict, qc_jsons, networks_tsvs, maps
             ctab = st.cluster_table(res, sub_img, g, "g", float(opts["alpha"]),
                                     ("MS>HC", "MS<HC"))
         ctab.insert(0, "network", net)
-        written += save_maps(values, mask_img, prefix)
+        written += save_maps(values, mask_img, prefix, space_of(maps[net]))
         cpath = out_dir / f"{label}_network-{net}_clusters.tsv"
         write_table(ctab, cpath)
         clusters.append(str(cpath))

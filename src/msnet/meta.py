@@ -80,6 +80,7 @@ from scipy import stats
 from msnet import stats as msstats
 from msnet.errors import MsnetInputError
 from msnet.derivatives import save_map, write_table
+from msnet.io.plan import map_name, space_of
 from msnet.io.atomic import write_json
 
 LOGGER = logging.getLogger(__name__)
@@ -1577,9 +1578,10 @@ def meta_voxelwise(g_maps: dict, varg_maps: dict, mask, network, moderators, out
     Parameters
     ----------
     g_maps, varg_maps : dict
-        Study id -> ``study-{id}_network-{net}_stat-g_map.nii.gz`` / ``..._stat-varg_map``.
+        Study id -> ``study-{id}_network-{net}_space-{space}_stat-g_map.nii.gz`` /
+        ``..._stat-varg_map``. The outputs take their ``space-`` from these names.
     mask : str or Path
-        ``results/group/masks/network-{net}_mask.nii.gz``.
+        ``results/group/masks/network-{net}_space-{space}_mask.nii.gz``.
     network : str
         Network name (output entity).
     moderators : dict, str, Path, pandas.DataFrame or None
@@ -1593,10 +1595,11 @@ def meta_voxelwise(g_maps: dict, varg_maps: dict, mask, network, moderators, out
     Returns
     -------
     dict
-        Output name -> path. Maps ``meta_network-{net}_stat-{g,z,logpfwe,fdrq,i2,tau2}_map``
+        Output name -> path. Maps
+        ``meta_network-{net}_space-{space}_stat-{g,z,logpfwe,fdrq,i2,tau2}_map``
         (``z``: pooled z, the z-equivalent of t under Knapp-Hartung; ``logpfwe``: signed
         ``sign(z) * -log10`` sign-flip FWE p, as the group stage's ``logpfwe``; ``i2`` in %),
-        ``meta_network-{net}_mod-{name}_stat-{beta,z,logpperm}_map`` for every configured
+        ``meta_network-{net}_mod-{name}_space-{space}_stat-{beta,z,logpperm}_map`` for every configured
         moderator (slope, its z, signed -log10 of the max-|z| permutation FWE p; all 0, with
         the reason in the JSON, when the moderator cannot be used), the cluster table
         ``meta_network-{net}_clusters.tsv`` (:func:`cluster_table`) and
@@ -1654,13 +1657,14 @@ def meta_voxelwise(g_maps: dict, varg_maps: dict, mask, network, moderators, out
                        "FWE p is %.3g > alpha = %g", network, len(kept), n_perm, min_p,
                        opts["alpha"])
     stem = f"meta_network-{network}"
+    space = space_of([g_maps, varg_maps])
     paths = {}
     maps = {"g": res["g"], "z": res["z"], "logpfwe": msstats.signed_logp(res["p_fwe"], res["z"]),
             "i2": res["i2"], "tau2": res["tau2"]}
     for name, values in maps.items():
-        paths[name] = out_dir / f"{stem}_stat-{name}_map.nii.gz"
+        paths[name] = out_dir / map_name(stem, name, space)
         _save_map(values, mask3d, mask_img, paths[name])
-    paths["fdrq"] = out_dir / f"{stem}_stat-fdrq_map.nii.gz"
+    paths["fdrq"] = out_dir / map_name(stem, "fdrq", space)
     _save_map(res["fdr_q"], mask3d, mask_img, paths["fdrq"], fill=1.0)
     clusters = cluster_table(res, mask_img, opts["alpha"], network)
     paths["clusters"] = out_dir / f"{stem}_clusters.tsv"
@@ -1686,7 +1690,7 @@ def meta_voxelwise(g_maps: dict, varg_maps: dict, mask, network, moderators, out
                 "min_p_fwe": float(np.nanmin(reg["p_fwe"])) if reg["n_permutations"] else None,
             }
         for stat_name, key in (("beta", "beta"), ("z", "z"), ("logpperm", "logp")):
-            path = out_dir / f"{stem}_mod-{name}_stat-{stat_name}_map.nii.gz"
+            path = out_dir / map_name(f"{stem}_mod-{name}", stat_name, space)
             _save_map(reg[key], mask3d, mask_img, path)
             paths[f"mod-{name}_{stat_name}"] = path
     info = {

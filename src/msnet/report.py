@@ -38,6 +38,7 @@ from msnet.errors import MsnetInputError
 from msnet.formatting import TEXT_COLUMNS, column_label, format_number, format_value, p_relation
 from msnet.derivatives import write_table
 from msnet.io.atomic import write_text
+from msnet.io.plan import SPACE, map_name, space_of
 
 LOG = logging.getLogger(__name__)
 
@@ -631,7 +632,7 @@ def _clinical_truth(config: dict) -> str:
 
 
 def methods_text(config: dict, versions: dict | None = None,
-                 covariates_used: dict | None = None) -> str:
+                 covariates_used: dict | None = None, space: str = SPACE) -> str:
     """Write the methods section from the configuration actually used.
 
     Every sentence is generated from the options (no fixed claim about an option): the
@@ -654,6 +655,8 @@ def methods_text(config: dict, versions: dict | None = None,
         ``{"group": (used, note), "clinical": (used, note)}`` from
         :func:`covariates_in_models` on the result tables: the covariates the models actually
         had (default: the configured ones, when no result tables are at hand).
+    space : str
+        The template space of the analysed maps (their ``space-`` entity).
 
     Returns
     -------
@@ -685,7 +688,7 @@ def methods_text(config: dict, versions: dict | None = None,
     else:
         paras.append(
             f"Data. Resting-state fMRI of each study was preprocessed with fMRIPrep "
-            f"{_cite('esteban2019')} and analysed in MNI152NLin2009cAsym space.")
+            f"{_cite('esteban2019')} and analysed in {space} space.")
     paras.append(
         f"Denoising and quality control. {_denoise_text(d)} FD {_cite('power2012')}, DVARS "
         f"and temporal SNR were computed per run; {_qc_text(q, c)} Every exclusion and its "
@@ -1653,7 +1656,8 @@ class _Report:
         the covariates their models had."""
         if not hasattr(self, "_methods"):
             self._methods = methods_text(self.used_config(),
-                                         covariates_used=self._covariates_used())
+                                         covariates_used=self._covariates_used(),
+                                         space=space_of(self.inputs.get("meta_maps") or {}))
         return self._methods
 
     def used_config(self) -> dict:
@@ -1756,7 +1760,7 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
         ``pooled_table`` : path
             ``pooled_desc-MSvsHC_networks.tsv``.
         ``pooled_maps`` : dict network -> {"t": path, "logpfwe": path}
-            ``pooled_network-{net}_stat-{t,logpfwe}_map.nii.gz``.
+            ``pooled_network-{net}_space-{space}_stat-{t,logpfwe}_map.nii.gz``.
         ``pooled_clusters`` : dict network -> path
             ``pooled_network-{net}_clusters.tsv``.
         ``clinical_table`` : path
@@ -1767,7 +1771,7 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
             What :func:`msnet.meta.meta_networks` returns: ``networks``, ``loo``, ``egger``,
             ``metaregression``, ``moderators``, ``forest``.
         ``meta_maps`` : dict network -> {"z": path, "logpfwe": path}
-            ``meta_network-{net}_stat-{z,logpfwe}_map.nii.gz``.
+            ``meta_network-{net}_space-{space}_stat-{z,logpfwe}_map.nii.gz``.
         ``meta_clusters`` : dict network -> path
             ``meta_network-{net}_clusters.tsv``.
         ``meta_vs_mega`` : path
@@ -1824,7 +1828,7 @@ def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:
 
 
 def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
-                  excluded_inputs=None, harmonize: str = "none") -> dict:
+                  excluded_inputs=None, harmonize: str = "none", space: str = SPACE) -> dict:
     """The ``inputs`` of :func:`build_report` at the standard output locations of each stage.
 
     Parameters
@@ -1838,6 +1842,10 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
     networks : sequence of str
     excluded_inputs : path, optional
         ``excluded_inputs.tsv`` when the workflow writes it.
+    harmonize : str
+        ``group.harmonize``; ``"combat"`` adds the ComBat pooled model's files.
+    space : str
+        The maps' template space (:func:`msnet.io.plan.analysis_space`).
 
     Returns
     -------
@@ -1856,14 +1864,14 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
         "group_exclusions": [str(pooled / "pooled_desc-exclusions.tsv"),
                              str(clin / "pooled_desc-clinicalexclusions.tsv")],
         "pooled_table": str(pooled / "pooled_desc-MSvsHC_networks.tsv"),
-        "pooled_maps": {n: {k: str(pooled / f"pooled_network-{n}_stat-{k}_map.nii.gz")
+        "pooled_maps": {n: {k: str(pooled / map_name(f"pooled_network-{n}", k, space))
                             for k in ("t", "logpfwe")} for n in networks},
         "pooled_clusters": {n: str(pooled / f"pooled_network-{n}_clusters.tsv") for n in networks},
         "clinical_table": str(clin / "pooled_desc-clinical_networks.tsv"),
         "clinical_scatter": str(clin / "pooled_desc-partialregression_scatter.tsv"),
         "meta_tables": {k: str(meta / f"meta_desc-{k}_stats.tsv")
                         for k in ("networks", "loo", "egger", "metaregression")},
-        "meta_maps": {n: {k: str(meta / f"meta_network-{n}_stat-{k}_map.nii.gz")
+        "meta_maps": {n: {k: str(meta / map_name(f"meta_network-{n}", k, space))
                           for k in ("z", "logpfwe")} for n in networks},
         "meta_clusters": {n: str(meta / f"meta_network-{n}_clusters.tsv") for n in networks},
         "meta_vs_mega": str(meta / "meta_desc-metavsmega_stats.tsv"),
@@ -1876,7 +1884,7 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
         label = "pooled_harmonize-combat"
         out["combat_table"] = str(pooled / f"{label}_desc-MSvsHC_networks.tsv")
         out["combat_shrinkage"] = str(pooled / f"{label}_desc-shrinkage_stats.tsv")
-        out["combat_maps"] = {n: {k: str(pooled / f"{label}_network-{n}_stat-{k}_map.nii.gz")
+        out["combat_maps"] = {n: {k: str(pooled / map_name(f"{label}_network-{n}", k, space))
                                   for k in ("t", "logpfwe")} for n in networks}
     return out
 

@@ -152,7 +152,7 @@ def test_clinical_files(tmp_path):
         for var in ("diseaseduration", "edss"):
             prefix = tmp_path / "clin" / f"pooled_network-{net}_var-{var}"
             for stat in ("t", "fdrq", "logpfwe", "logpcfwe"):
-                img = nib.load(f"{prefix}_stat-{stat}_map.nii.gz")
+                img = nib.load(f"{prefix}_space-MNI152NLin2009cAsym_stat-{stat}_map.nii.gz")
                 assert img.shape == SHAPE and np.allclose(img.affine, AFFINE)
             assert list(pd.read_csv(f"{prefix}_clusters.tsv", sep="\t").columns) == [
                 "network", "variable"] + st.cluster_columns("beta")
@@ -175,7 +175,7 @@ def test_clinical_voxelwise_leaves_out_voxels_without_signal(tmp_path):
     vol[region] = np.nan
     nib.Nifti1Image(vol, AFFINE).to_filename(s["maps"]["SMN"][1])
     out = clinical.clinical_pooled(*args, dict(s["maps"]), masks, tmp_path / "flat", OPTS)
-    name = "pooled_network-SMN_var-edss_stat-t_map.nii.gz"
+    name = "pooled_network-SMN_var-edss_space-MNI152NLin2009cAsym_stat-t_map.nii.gz"
     t = nib.load(tmp_path / "flat" / name).get_fdata()
     t_ref = nib.load(tmp_path / "ref" / name).get_fdata()
     assert np.isnan(t[region]).all()

@@ -398,9 +398,9 @@ def test_compare_groups_study_writes_outputs(tmp_path):
     assert dmn.g > 1 and dmn.p < 0.01 and dmn.n_ms == 12 and dmn.n_hc == 10
     for net in ANALYSIS_NETWORKS:
         for stat in ("t", "g", "varg"):
-            img = nib.load(tmp_path / "out" / f"study-A_network-{net}_stat-{stat}_map.nii.gz")
+            img = nib.load(tmp_path / "out" / f"study-A_network-{net}_space-MNI152NLin2009cAsym_stat-{stat}_map.nii.gz")
             assert img.shape == SHAPE and np.isfinite(img.get_fdata()).all()
-    g = nib.load(tmp_path / "out" / "study-A_network-DMN_stat-g_map.nii.gz").get_fdata()
+    g = nib.load(tmp_path / "out" / "study-A_network-DMN_space-MNI152NLin2009cAsym_stat-g_map.nii.gz").get_fdata()
     assert g[3, 3, 2] > 1.0
     assert pd.read_csv(out["exclusions"], sep="\t").empty
 
@@ -450,9 +450,9 @@ def test_degenerate_inputs_become_recorded_exclusions(tmp_path):
     assert "all zero" in by[(pid[8], "subject", "map:SMN")]
     assert "fewer than 2" in by[("n/a", "study", "map:SMN")]
     assert any(r.level == "covariate" and r.reason == "sex: constant" for r in excl.itertuples())
-    t_smn = nib.load(tmp_path / "out" / "study-B_network-SMN_stat-t_map.nii.gz").get_fdata()
+    t_smn = nib.load(tmp_path / "out" / "study-B_network-SMN_space-MNI152NLin2009cAsym_stat-t_map.nii.gz").get_fdata()
     assert np.isnan(t_smn).all()
-    t_dmn = nib.load(tmp_path / "out" / "study-B_network-DMN_stat-t_map.nii.gz").get_fdata()
+    t_dmn = nib.load(tmp_path / "out" / "study-B_network-DMN_space-MNI152NLin2009cAsym_stat-t_map.nii.gz").get_fdata()
     assert np.isfinite(t_dmn).all()
     res = pd.read_csv(out["networks"], sep="\t")
     assert (res.status == "ok").all() and (res.n_hc == 2).all()
@@ -484,7 +484,7 @@ def test_compare_groups_pooled_keeps_small_study_and_finds_effect(tmp_path):
     names = st.inference_map_names({**st.INFERENCE_DEFAULTS, **OPTS}) + ["g", "varg"]
     for net in ANALYSIS_NETWORKS:
         for stat in names:
-            assert (tmp_path / "pooled" / f"pooled_network-{net}_stat-{stat}_map.nii.gz").exists()
+            assert (tmp_path / "pooled" / f"pooled_network-{net}_space-MNI152NLin2009cAsym_stat-{stat}_map.nii.gz").exists()
     clusters = pd.read_csv(tmp_path / "pooled" / "pooled_network-DMN_clusters.tsv", sep="\t")
     assert list(clusters.columns) == ["network"] + st.cluster_columns("g")
     top = clusters.iloc[0]
@@ -537,7 +537,7 @@ def test_flat_voxels_of_one_subject_do_not_bias_the_group_maps(tmp_path):
     out = group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"], masks,
                                      "A", tmp_path / "flat", OPTS)
     for stat in ("t", "g", "varg"):
-        name = f"study-A_network-DMN_stat-{stat}_map.nii.gz"
+        name = f"study-A_network-DMN_space-MNI152NLin2009cAsym_stat-{stat}_map.nii.gz"
         before = nib.load(tmp_path / "ref" / name).get_fdata()
         after = nib.load(tmp_path / "flat" / name).get_fdata()
         assert np.isnan(after[region]).all()
@@ -552,8 +552,8 @@ def test_flat_voxels_of_one_subject_do_not_bias_the_group_maps(tmp_path):
     maps = {net: list(paths) for net, paths in s["maps"].items()}
     pooled = group.compare_groups_pooled({"A": s["participants"]}, s["qc"], s["networks"], maps,
                                          masks, tmp_path / "pooled", OPTS)
-    t = nib.load(tmp_path / "pooled" / "pooled_network-DMN_stat-t_map.nii.gz").get_fdata()
-    t_ref = nib.load(tmp_path / "ref" / "study-A_network-DMN_stat-t_map.nii.gz").get_fdata()
+    t = nib.load(tmp_path / "pooled" / "pooled_network-DMN_space-MNI152NLin2009cAsym_stat-t_map.nii.gz").get_fdata()
+    t_ref = nib.load(tmp_path / "ref" / "study-A_network-DMN_space-MNI152NLin2009cAsym_stat-t_map.nii.gz").get_fdata()
     assert np.isnan(t[region]).all() and np.isfinite(t[~region]).all()
     np.testing.assert_allclose(np.abs(t[~region]), np.abs(t_ref[~region]), rtol=1e-4)
     clusters = pd.read_csv(pooled["clusters"][0], sep="\t")

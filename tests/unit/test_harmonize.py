@@ -304,4 +304,4 @@ def test_report_inputs_name_the_combat_outputs():
     assert inputs["combat_table"].endswith(
         "group/pooled/pooled_harmonize-combat_desc-MSvsHC_networks.tsv")
     assert inputs["combat_maps"]["DMN"]["t"].endswith(
-        "pooled_harmonize-combat_network-DMN_stat-t_map.nii.gz")
+        "pooled_harmonize-combat_network-DMN_space-MNI152NLin2009cAsym_stat-t_map.nii.gz")

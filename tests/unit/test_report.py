@@ -16,7 +16,7 @@ import pytest
 from msnet import ANALYSIS_NETWORKS
 from msnet.atlas import gaussian_blob, published_findings
 from msnet.io.atomic import write_tsv
-from msnet.io.plan import study_qc_table
+from msnet.io.plan import map_name, study_qc_table
 from msnet.qc import qc_summary, read_study_qc, summarise_study_qc
 from msnet.report import (COMPARISON_COLUMNS, FIGURES, SECTIONS, build_report,
                           compare_with_published, figure_paths, fwe_significant, input_files,
@@ -347,10 +347,9 @@ def make_results(root, networks_with_maps=("DMN", "SN")):
                                               ("meta", "z", "logpfwe", False)):
             stat_img, logp_img = blob_maps(blobs, signed_logp=signed)
             folder = root / ("group/pooled" if kind == "pooled" else "meta")
-            prefix = folder / f"{kind}_network-{net}"
-            prefix.parent.mkdir(parents=True, exist_ok=True)
-            paths = {stat: f"{prefix}_stat-{stat}_map.nii.gz",
-                     logp_name: f"{prefix}_stat-{logp_name}_map.nii.gz"}
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = {s: str(folder / map_name(f"{kind}_network-{net}", s))
+                     for s in (stat, logp_name)}
             stat_img.to_filename(paths[stat])
             logp_img.to_filename(paths[logp_name])
             inputs[f"{kind}_maps"][net] = paths

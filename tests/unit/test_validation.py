@@ -10,7 +10,7 @@ import yaml
 from msnet.cli import main
 from msnet.config import load_config, load_schema, validate_config
 from msnet.errors import MsnetInputError
-from msnet.io.plan import build_plan
+from msnet.io.plan import build_plan, map_name, space_of
 from msnet.io.tables import read_participants, read_studies
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,7 +201,9 @@ def test_cli_subject_runs_one_simulated_subject(tmp_path, capsys):
                  "--participant", "S01HC001"]) == 0
     out = tmp_path / "results" / "msnet_subject" / "subjects" / "study-S01" / "sub-S01HC001"
     assert (out / "sub-S01HC001_qc.json").is_file()
-    assert (out / "sub-S01HC001_network-DMN_stat-amplitude_map.nii.gz").is_file()
+    assert (out / map_name("sub-S01HC001_network-DMN", "amplitude")).is_file()
+    assert map_name("sub-S01HC001_network-DMN", "amplitude") == (
+        "sub-S01HC001_network-DMN_space-MNI152NLin2009cAsym_stat-amplitude_map.nii.gz")
     assert not (tmp_path / "results" / "subjects").exists()  # the workflow's folder
     assert str(out) in capsys.readouterr().out
     assert main(["subject", "--config", str(config), "--study", "S01",
@@ -376,3 +378,26 @@ def test_yaml_merge_keys_may_override(tmp_path):
     from msnet.config import read_config_file
 
     assert read_config_file(path)["group"] == {"n_permutations": 20, "alpha": 0.05}
+
+
+def test_studies_in_different_template_spaces_are_refused_naming_them(tmp_path):
+    """Voxelwise statistics compare one voxel across studies: one space for all, said early."""
+    config = _real_data_config(tmp_path)
+    (tmp_path / "studies.tsv").write_text(
+        "study_id\tfmriprep_dir\tparticipants_tsv\tspace\n"
+        "A\tstudy1\tparticipants.tsv\tMNI152NLin2009cAsym\n"
+        "B\tstudy1\tparticipants.tsv\tMNI152NLin6Asym:res-2\n")
+    with pytest.raises(MsnetInputError) as err:
+        build_plan(config)
+    message = str(err.value)
+    assert "different template spaces" in message and "--output-spaces" in message
+    assert "MNI152NLin2009cAsym: A" in message and "MNI152NLin6Asym: B" in message
+
+
+def test_outputs_take_the_space_of_their_input_maps():
+    assert space_of({"DMN": ["a/sub-1_network-DMN_space-MNI152NLin6Asym_stat-z_map.nii.gz"]}) \
+        == "MNI152NLin6Asym"
+    assert space_of(["maps/own_name.nii.gz"]) == "MNI152NLin2009cAsym"  # the default
+    with pytest.raises(MsnetInputError, match="different template spaces"):
+        space_of(["x_space-MNI152NLin6Asym_stat-z_map.nii.gz",
+                  "y_space-MNI152NLin2009cAsym_stat-z_map.nii.gz"])

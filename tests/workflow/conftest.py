@@ -93,8 +93,8 @@ def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
             masks, study, out, group_opts)
         study_tables[study] = str(out / f"study-{study}_desc-MSvsHC_networks.tsv")
         for n in ANALYSIS_NETWORKS:
-            g_maps[n][study] = str(out / f"study-{study}_network-{n}_stat-g_map.nii.gz")
-            v_maps[n][study] = str(out / f"study-{study}_network-{n}_stat-varg_map.nii.gz")
+            g_maps[n][study] = str(out / f"study-{study}_network-{n}_space-MNI152NLin2009cAsym_stat-g_map.nii.gz")
+            v_maps[n][study] = str(out / f"study-{study}_network-{n}_space-MNI152NLin2009cAsym_stat-varg_map.nii.gz")
     pooled_dir = root / "group" / "pooled"
     group.compare_groups_pooled(participants, qc, nets_tsv, maps, masks, pooled_dir, group_opts)
     clinical_dir = root / "clinical"
@@ -112,11 +112,11 @@ def run_pipeline(config: dict, voxelwise_meta: bool = True) -> dict:
         "config": config,
         "qc": qc,
         "truth": sim_dir / "ground_truth.json",
-        "pooled": {n: {"t": pooled_dir / f"pooled_network-{n}_stat-t_map.nii.gz",
-                       "logp": pooled_dir / f"pooled_network-{n}_stat-logpfwe_map.nii.gz"}
+        "pooled": {n: {"t": pooled_dir / f"pooled_network-{n}_space-MNI152NLin2009cAsym_stat-t_map.nii.gz",
+                       "logp": pooled_dir / f"pooled_network-{n}_space-MNI152NLin2009cAsym_stat-logpfwe_map.nii.gz"}
                    for n in ANALYSIS_NETWORKS},
-        "meta": {n: {"z": meta_dir / f"meta_network-{n}_stat-z_map.nii.gz",
-                     "logp": meta_dir / f"meta_network-{n}_stat-logpfwe_map.nii.gz"}
+        "meta": {n: {"z": meta_dir / f"meta_network-{n}_space-MNI152NLin2009cAsym_stat-z_map.nii.gz",
+                     "logp": meta_dir / f"meta_network-{n}_space-MNI152NLin2009cAsym_stat-logpfwe_map.nii.gz"}
                  for n in ANALYSIS_NETWORKS},
         "clinical": clinical_dir / "pooled_desc-clinical_networks.tsv",
         "meta_tables": meta_tables,

@@ -92,6 +92,9 @@ def test_every_map_has_a_sidecar_with_units_and_subject_sidecars_reference_the_a
         side = json.loads(sidecar_path(path).read_text())
         assert side.get("Units"), path
         assert side.get("Description"), path
+        # BIDS derivatives: every image in a template space names it (the run's space)
+        assert entities(path).get("space") == "MNI152NLin2009cAsym", path
+        assert side["CoordinateSystem"] == "MNI152NLin2009cAsym (mm)", path
     for side_path in _outputs(results, "*_atlas-Seitzman300_relmat.json"):
         side = json.loads(side_path.read_text())
         assert side["Atlas"] == ATLAS_URI and "ROI001" not in side

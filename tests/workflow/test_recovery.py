@@ -79,7 +79,7 @@ def test_stage2_maps_match_each_subjects_generating_maps(demo_subjects):
             mask = np.asarray(nib.load(next(func.glob("*_desc-brain_mask.nii.gz"))).dataobj) > 0
             nets = pd.read_csv(f"{prefix}_networks.tsv", sep="\t")
             for k, net in enumerate(ANALYSIS_NETWORKS):
-                img = nib.load(f"{prefix}_network-{net}_stat-amplitude_map.nii.gz")
+                img = nib.load(f"{prefix}_network-{net}_space-MNI152NLin2009cAsym_stat-amplitude_map.nii.gz")
                 corr[net].append(np.corrcoef(np.asarray(img.dataobj)[mask], subject.maps[k])[0, 1])
                 within = nets[(nets.network_a == net) & (nets.network_b == net)].fc_z.iloc[0]
                 between = nets[(nets.network_a != nets.network_b)

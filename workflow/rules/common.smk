@@ -4,6 +4,9 @@ from pathlib import Path
 
 import msnet
 from msnet.io.plan import (
+    analysis_space,
+    map_name,
+    mask_name,
     simulated_dataset_dir,
     study_qc_table,
     subject_chunks,
@@ -19,6 +22,7 @@ STUDY_ROWS = PLAN.studies.set_index("study_id", drop=False).to_dict("index")
 SIMULATE = config["data"]["mode"] == "simulate"
 WORKLOAD = workload(config, PLAN)
 ALL_TARGETS = []
+SPACE = analysis_space(PLAN.studies)  # the space- entity of every map
 CONDA_ENV = "../envs/msnet.yaml"  # every rule's environment for `--sdm conda`
 
 
@@ -30,7 +34,7 @@ def resources_for(rule_name, key, n_subjects=None):
 # --------------------------------------------------------------------------- folders, options
 SIM_DIR = str(simulated_dataset_dir(R))
 GROUP_DIR = f"{R}/group"
-MASK_PATTERN = f"{GROUP_DIR}/masks/network-{{net}}_mask.nii.gz"
+MASK_PATTERN = f"{GROUP_DIR}/masks/{mask_name('{net}', SPACE)}"
 GROUP_OPTIONS = {**config["group"], "seed": config["seed"]}
 CLINICAL_DIR = f"{R}/clinical"
 CLINICAL_OPTIONS = {**config["clinical"], "seed": config["seed"]}
@@ -59,7 +63,9 @@ def participants_tsv(study):
 
 SUBJECT_PATHS = {study: [] for study in STUDIES}  # study -> each subject's output paths
 for _row in PLAN.subjects.itertuples():
-    SUBJECT_PATHS[_row.study_id].append(subject_outputs(R, _row.study_id, _row.label))
+    SUBJECT_PATHS[_row.study_id].append(
+        subject_outputs(R, _row.study_id, _row.label, space=SPACE)
+    )
 
 
 def subject_files(kind, study=None, net=None):
@@ -86,7 +92,7 @@ def qc_tables(study=None):
 def study_maps(stat, net):
     """Study -> its voxelwise group map of one statistic and network."""
     return {
-        s: f"{GROUP_DIR}/study-{s}/study-{s}_network-{net}_stat-{stat}_map.nii.gz"
+        s: f"{GROUP_DIR}/study-{s}/{map_name(f'study-{s}_network-{net}', stat, SPACE)}"
         for s in STUDIES
     }
 
@@ -115,7 +121,7 @@ def subject_job(row):
         "fmriprep_dir": study["fmriprep_dir"],
         "participant_id": row["participant_id"],
         "out_paths": subject_outputs(
-            R, row["study_id"], row["label"], SEED_MAPS, SUBJECT_PAGES
+            R, row["study_id"], row["label"], SEED_MAPS, SUBJECT_PAGES, SPACE
         ),
         "task": study["task"],
         "space": study["space"],

@@ -34,11 +34,11 @@ rule compare_groups_study:
         table=f"{GROUP_DIR}/study-{{study}}/study-{{study}}_desc-MSvsHC_networks.tsv",
         exclusions=f"{GROUP_DIR}/study-{{study}}/study-{{study}}_desc-exclusions.tsv",
         g=expand(
-            f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-g_map.nii.gz",
+            f"{GROUP_DIR}/study-{{{{study}}}}/{map_name('study-{{study}}_network-{net}', 'g', SPACE)}",
             net=NETWORKS,
         ),
         varg=expand(
-            f"{GROUP_DIR}/study-{{{{study}}}}/study-{{{{study}}}}_network-{{net}}_stat-varg_map.nii.gz",
+            f"{GROUP_DIR}/study-{{{{study}}}}/{map_name('study-{{study}}_network-{net}', 'varg', SPACE)}",
             net=NETWORKS,
         ),
     log:
@@ -73,9 +73,12 @@ rule compare_groups_pooled:
     output:
         table=f"{POOLED_DIR}/pooled_desc-MSvsHC_networks.tsv",
         exclusions=f"{POOLED_DIR}/pooled_desc-exclusions.tsv",
-        t=expand(f"{POOLED_DIR}/pooled_network-{{net}}_stat-t_map.nii.gz", net=NETWORKS),
+        t=expand(
+            f"{POOLED_DIR}/{map_name('pooled_network-{net}', 't', SPACE)}",
+            net=NETWORKS,
+        ),
         logpfwe=expand(
-            f"{POOLED_DIR}/pooled_network-{{net}}_stat-logpfwe_map.nii.gz",
+            f"{POOLED_DIR}/{map_name('pooled_network-{net}', 'logpfwe', SPACE)}",
             net=NETWORKS,
         ),
         clusters=expand(
@@ -121,11 +124,11 @@ if config["group"]["harmonize"] == "combat":
             exclusions=f"{POOLED_DIR}/{COMBAT_LABEL}_desc-exclusions.tsv",
             shrinkage=f"{POOLED_DIR}/{COMBAT_LABEL}_desc-shrinkage_stats.tsv",
             t=expand(
-                f"{POOLED_DIR}/{COMBAT_LABEL}_network-{{net}}_stat-t_map.nii.gz",
+                f"{POOLED_DIR}/{map_name(f'{COMBAT_LABEL}_network-{{net}}', 't', SPACE)}",
                 net=NETWORKS,
             ),
             logpfwe=expand(
-                f"{POOLED_DIR}/{COMBAT_LABEL}_network-{{net}}_stat-logpfwe_map.nii.gz",
+                f"{POOLED_DIR}/{map_name(f'{COMBAT_LABEL}_network-{{net}}', 'logpfwe', SPACE)}",
                 net=NETWORKS,
             ),
             clusters=expand(

@@ -40,7 +40,7 @@ rule meta_voxelwise:
         moderators=rules.meta_networks.output.moderators,
     output:
         maps=expand(
-            f"{META_DIR}/meta_network-{{{{net}}}}_stat-{{stat}}_map.nii.gz",
+            f"{META_DIR}/{map_name('meta_network-{{net}}', '{stat}', SPACE)}",
             stat=["g", "z", "logpfwe", "fdrq", "i2", "tau2"],
         ),
         clusters=f"{META_DIR}/meta_network-{{net}}_clusters.tsv",

@@ -10,6 +10,7 @@ REPORT_INPUTS = report_inputs(
     networks=NETWORKS,
     excluded_inputs=f"{R}/excluded_inputs.tsv",
     harmonize=config["group"]["harmonize"],
+    space=SPACE,
 )
 CAPTIONS = {
     "qc_overview": ("qc_overview.rst", "Dataset and QC"),

@@ -37,6 +37,56 @@ def map_name(stem: str, stat: str, space: str = SPACE) -> str:
     return f"{stem}_space-{space}_stat-{stat}_map.nii.gz"
 
 
+def mask_name(network: str, space: str = SPACE) -> str:
+    """Return the file name of a network's analysis mask: ``network-{net}_space-{space}_mask.nii.gz``."""
+    return f"network-{network}_space-{space}_mask.nii.gz"
+
+
+def space_of(paths) -> str:
+    """Return the template space named by the ``space-`` entity of image file names.
+
+    Outputs inherit the space of the maps they are computed from: a writer passes its input
+    maps here and names its own maps with the result (:func:`map_name`).
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Input image paths (nested dicts/lists of paths are flattened).
+
+    Returns
+    -------
+    str
+        The one space the names carry; :data:`SPACE` when none carries a ``space-`` entity
+        (maps written outside msnet, e.g. through the Python API).
+
+    Raises
+    ------
+    MsnetInputError
+        When the inputs name different spaces.
+    """
+    found = {}
+    for path in _flatten(paths):
+        for entity in Path(str(path)).name.split("_"):
+            if entity.startswith("space-"):
+                found.setdefault(entity[len("space-"):], str(path))
+    if len(found) > 1:
+        examples = "; ".join(f"{sp}: {path}" for sp, path in found.items())
+        raise MsnetInputError(
+            f"the input maps are in different template spaces ({examples}). Voxelwise "
+            "statistics need one space and grid: use maps from one space.")
+    return next(iter(found), SPACE)
+
+
+def _flatten(items):
+    if isinstance(items, dict):
+        items = items.values()
+    if isinstance(items, (str, Path)):
+        yield items
+        return
+    for item in items:
+        yield from _flatten(item)
+
+
 def analysis_space(studies: pd.DataFrame) -> str:
     """Return the one template space every study's BOLD runs are in.
 
@@ -203,6 +253,10 @@ def _fmriprep_plan(config: dict, preflight: bool = True, cache=None) -> Plan:
     data = config["data"]
     studies = read_studies(data["studies_tsv"])
     rows, excluded, problems, checks, columns = [], [], [], [], {}
+    try:
+        analysis_space(studies)
+    except MsnetInputError as exc:
+        problems.append(exc)
     for study in studies.to_dict("records"):
         try:
             people = read_participants(study["participants_tsv"], study["study_id"])
@@ -304,7 +358,7 @@ def record_excluded_inputs(records, path) -> None:
 
 
 def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = False,
-                    page: bool = False) -> dict:
+                    page: bool = False, space: str = SPACE) -> dict:
     """Paths of one subject's subject-stage outputs (the one place that names them).
 
     Parameters
@@ -317,6 +371,8 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
         Include the seed-to-voxel maps.
     page : bool
         Include the subject's QC page (config ``qc.subject_pages``; :mod:`msnet.qcpage`).
+    space : str
+        Template space of the subject's BOLD runs (the ``space-`` entity of its maps).
 
     Returns
     -------
@@ -330,7 +386,8 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
     prefix = f"{results_dir}/subjects/study-{study_id}/sub-{label}/sub-{label}"
     paths = {
         "qc": f"{prefix}_qc.json",
-        "maps": {n: f"{prefix}_network-{n}_stat-amplitude_map.nii.gz" for n in ANALYSIS_NETWORKS},
+        "maps": {n: f"{prefix}_{map_name(f'network-{n}', 'amplitude', space)}"
+                 for n in ANALYSIS_NETWORKS},
         "timeseries": f"{prefix}_atlas-Seitzman300_timeseries.tsv",
         "relmat": f"{prefix}_atlas-Seitzman300_relmat.tsv",
         "networks": f"{prefix}_networks.tsv",
@@ -338,7 +395,8 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
     if page:
         paths["page"] = subject_page(results_dir, study_id, label)
     if seed_maps:
-        paths["seed_maps"] = {n: f"{prefix}_seed-{n}_stat-z_map.nii.gz" for n in ANALYSIS_NETWORKS}
+        paths["seed_maps"] = {n: f"{prefix}_{map_name(f'seed-{n}', 'z', space)}"
+                              for n in ANALYSIS_NETWORKS}
     return paths
 
 
