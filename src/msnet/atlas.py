@@ -300,15 +300,13 @@ def harvard_oxford_label(xyz, search_mm: float = 6.0) -> str:
     ijk = np.linalg.solve(affine, np.r_[np.asarray(xyz, float), 1.0])[:3]
     radius = int(np.ceil(search_mm / 2.0))
     center = np.round(ijk).astype(int)
-    best, best_d = 0, np.inf
-    for off in np.ndindex(*(2 * radius + 1,) * 3):
-        v = center + np.asarray(off) - radius
-        if np.any(v < 0) or np.any(v >= labels.shape):
-            continue
-        lab = labels[tuple(v)]
-        d = np.linalg.norm((v - ijk) * 2.0)
-        if lab and d < best_d and d <= search_mm:
-            best, best_d = lab, d
+    # the (2r+1)^3 neighbourhood in C order: the nearest labelled voxel, the first on ties
+    v = center + np.argwhere(np.ones((2 * radius + 1,) * 3, bool)) - radius
+    v = v[np.all((v >= 0) & (v < labels.shape), axis=1)]
+    lab = labels[tuple(v.T)]
+    d = np.linalg.norm((v - ijk) * 2.0, axis=1)
+    ok = (lab > 0) & (d <= search_mm)
+    best = int(lab[ok][np.argmin(d[ok])]) if ok.any() else 0
     if best == 0:
         return "Unlabelled"
     hemi = "Left " if xyz[0] < 0 else "Right " if xyz[0] > 0 else ""

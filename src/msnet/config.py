@@ -189,6 +189,7 @@ def _cross_key_problems(config: dict, source: str) -> list:
             "your studies set data.mode: fmriprep; to run the demo remove data.studies_tsv "
             "(or set it to null)."
         )
+    problems += _literature_problems(config, source)
     clinical = config.get("clinical", {})
     extra = [v for v in clinical.get("voxelwise_variables", [])
              if v not in clinical.get("variables", [])]
@@ -205,6 +206,30 @@ def _cross_key_problems(config: dict, source: str) -> list:
         problems.append(
             f"{source}: denoise.low_pass ({low} Hz) must be above denoise.high_pass ({high} Hz)."
         )
+    return problems
+
+
+def _literature_problems(config: dict, source: str) -> list:
+    """Literature mode needs both tables (and no studies.tsv: it has no image data)."""
+    mode, lit = config["data"]["mode"], config.get("literature") or {}
+    problems = []
+    if mode == "literature" and not lit.get("peaks_tsv"):
+        problems.append(
+            f"{source}: data.mode is 'literature' but literature.peaks_tsv is not set. Point "
+            "literature.peaks_tsv and literature.studies_tsv at your peaks table and literature "
+            "studies table (see README, 'Published studies only').")
+    if bool(lit.get("peaks_tsv")) != bool(lit.get("studies_tsv")):
+        given, missing = (("peaks_tsv", "studies_tsv") if lit.get("peaks_tsv")
+                          else ("studies_tsv", "peaks_tsv"))
+        problems.append(
+            f"{source}: literature.{given} is set but literature.{missing} is not; the peaks "
+            "need the studies' sample sizes and the studies need their peaks. Set both.")
+    if mode == "literature" and config["data"]["studies_tsv"]:
+        problems.append(
+            f"{source}: data.studies_tsv is set ({config['data']['studies_tsv']}) but data.mode "
+            "is 'literature', which uses published peaks only. To add image studies set "
+            "data.mode: fmriprep and keep literature.peaks_tsv (mixed); otherwise remove "
+            "data.studies_tsv.")
     return problems
 
 

@@ -105,7 +105,12 @@ COLUMNS = {
                          "MixedLM": "linear mixed model, random intercept per study (pooled)",
                          "REML": "random-effects, restricted maximum likelihood tau^2",
                          "DL": "random-effects, DerSimonian-Laird tau^2",
-                         "FE": "fixed-effect (inverse-variance) model"}),
+                         "FE": "fixed-effect (inverse-variance) model",
+                         "ibma": "literature comparison: the image-based meta-analysis",
+                         "ale": "literature: activation likelihood estimation (NiMARE)",
+                         "mkda": "literature: multilevel kernel density analysis (NiMARE)",
+                         "sdm": "literature: msnet's SDM-style estimator, peaks only",
+                         "hybrid": "literature: SDM-style with image studies' own maps"}),
     "n_ms": _c("MS participants in the model."),
     "n_hc": _c("HC participants in the model."),
     "n": _c("Participants in the model."),
@@ -174,6 +179,18 @@ COLUMNS = {
     "peak_t": _c("t statistic at the peak."),
     "peak_zstat": _c("z statistic at the peak (meta-analysis z)."),
     "peak_g": _c("Hedges' g at the peak.", "Hedges g"),
+    "peak_stat": _c("ALE value or MKDA density at the peak (NiMARE's stat map)."),
+    # ---------------------------------------------------------------- literature comparison
+    "significant_voxels": _c("Voxels with voxel-level FWE p < alpha (either sign)."),
+    "n_findings": _c("Published locations of the network (msnet.atlas.PUBLISHED_FINDINGS)."),
+    "recovered": _c("Published locations with an FWE-significant peak of the published sign "
+                    "within report.radius_mm."),
+    "dice_ibma": _c("Dice overlap of the FWE-significant voxels (same sign) with the "
+                    "image-based meta-analysis (n/a where neither has any)."),
+    "significant_peaks": _c("FWE-significant local maxima (26-neighbourhood), both signs."),
+    "false_positive_peaks": _c("Significant peaks farther than report.radius_mm from every "
+                               "planted location of their sign (simulated data; n/a "
+                               "otherwise)."),
     "peak_beta": _c("Regression slope at the peak.", "metric units per unit of the variable"),
     "peak_p_fwe": _c("Voxel-level FWE-corrected p at the peak (max-statistic permutation)."),
     "cluster_p_fwe": _c("Cluster-size FWE-corrected p (permutation)."),
@@ -332,6 +349,8 @@ _LEVELS = {
               "configured covariates, Freedman-Lane permutation inference",
     "meta": "random-effects meta-analysis of the per-study g maps, voxel by voxel (REML, "
             "Knapp-Hartung by default), sign-flip permutation inference",
+    "literature": "meta-analysis of published peak coordinates (msnet.literature): ALE/MKDA "
+                  "(NiMARE, Monte-Carlo FWE) or SDM-style random effects (sign-flip FWE)",
 }
 
 
@@ -404,7 +423,7 @@ def map_sidecar(path, extra: dict | None = None) -> dict:
         out["Contrast"] = f"slope of {ent['var']} within MS (adjusted for the other terms)"
     elif "mod" in ent:
         out["Contrast"] = f"meta-regression slope of the study-level moderator {ent['mod']}"
-    elif level in ("study", "pooled", "meta") and stat:
+    elif level in ("study", "pooled", "meta", "literature") and stat:
         out["Contrast"] = "MS - HC"
     if stat in ("logpfwe", "logpcfwe", "logptfcefwe", "logpperm"):
         out["MultipleComparisonCorrection"] = "family-wise error, permutation (max statistic)"

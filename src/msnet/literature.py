@@ -17,6 +17,17 @@ Inputs (validated here, all problems reported at once, each naming file, row and
   n_ms, n_hc`` and optionally the reporting threshold (``threshold_p``, ``threshold_k``),
   ``coverage`` (whole_brain|network), ``networks`` analysed, and the moderators of
   :data:`msnet.meta.MODERATORS` (``age, pctfemale, duration, edss, t2lv``).
+
+Methods: ALE and MKDA through NiMARE (:func:`cbma_nimare`), msnet's SDM-style effect-size
+estimator (:func:`recreate_study_map`, :func:`sdm_study_maps`, :func:`sdm_meta`; every
+departure from AES-SDM / SDM-PSI is listed in :func:`sdm_meta`) with voxelwise
+meta-regression (:func:`sdm_metaregression`), and the hybrid of peaks and images.
+
+Workflow (``workflow/rules/literature.smk``): :func:`publish_study_peaks` (the demo's studies
+publish their t maps' peaks), :func:`literature_meta` (every method per network, cluster
+tables, meta-regression table, methods text; beside image studies :func:`compare_methods`,
+each method against the image-based meta-analysis and the planted truth), with the file
+names of :func:`literature_outputs`.
 """
 
 from __future__ import annotations
@@ -73,33 +84,38 @@ def tal2mni(coords) -> np.ndarray:
     return coords @ inverse[:3, :3].T + inverse[:3, 3]
 
 
-def _brain_distance():
-    """(distance-to-brain map in mm, affine) for nilearn's 2 mm MNI152 brain mask (cached)."""
-    global _BRAIN_DISTANCE
-    if _BRAIN_DISTANCE is None:
+def _brain_tree():
+    """(k-d tree of the in-mask voxel centres in mm, mask, affine) of nilearn's 2 mm MNI152
+    brain mask (cached)."""
+    global _BRAIN_TREE
+    if _BRAIN_TREE is None:
         from nilearn import datasets
-        from scipy import ndimage
+        from scipy.spatial import cKDTree
 
         img = datasets.load_mni152_brain_mask(resolution=2)
         mask = np.asarray(img.dataobj) > 0
-        zooms = img.header.get_zooms()[:3]
-        _BRAIN_DISTANCE = (ndimage.distance_transform_edt(~mask, sampling=zooms), img.affine)
-    return _BRAIN_DISTANCE
+        xyz = np.argwhere(mask) @ img.affine[:3, :3].T + img.affine[:3, 3]
+        _BRAIN_TREE = (cKDTree(xyz), mask, img.affine)
+    return _BRAIN_TREE
 
 
-_BRAIN_DISTANCE = None
+_BRAIN_TREE = None
 
 
 def distance_outside_brain(coords_mni) -> np.ndarray:
-    """Distance in mm from each MNI coordinate to the MNI152 brain mask (0 inside; inf off
-    the template's field of view)."""
-    dist, affine = _brain_distance()
+    """Distance in mm from each MNI coordinate's nearest 2 mm voxel centre to the MNI152 brain
+    mask (0 inside; inf off the template's field of view): the Euclidean distance transform's
+    value there, from a k-d tree of the mask's voxels (no whole-grid transform)."""
+    tree, mask, affine = _brain_tree()
     coords = np.asarray(coords_mni, float).reshape(-1, 3)
     ijk = np.rint(np.c_[coords, np.ones(len(coords))] @ np.linalg.inv(affine).T)[:, :3]
     ijk = ijk.astype(int)
-    inside = np.all((ijk >= 0) & (ijk < np.array(dist.shape)), axis=1)
+    inside = np.all((ijk >= 0) & (ijk < np.array(mask.shape)), axis=1)
     out = np.full(len(coords), np.inf)
-    out[inside] = dist[tuple(ijk[inside].T)]
+    if inside.any():
+        centres = ijk[inside] @ affine[:3, :3].T + affine[:3, 3]
+        dist = tree.query(centres)[0]
+        out[inside] = np.where(mask[tuple(ijk[inside].T)], 0.0, dist)
     return out
 
 
@@ -345,7 +361,10 @@ def cbma_nimare(peaks: pd.DataFrame, studies: pd.DataFrame, network: str, direct
     from nimare.correct import FWECorrector
     from nimare.studyset import Studyset
 
-    with warnings.catch_warnings():
+    from msnet.plotting import _frozen_gc as frozen_gc
+
+    # frozen_gc: nilearn's gc.collect() on every image read costs ~0.25 s in this process
+    with warnings.catch_warnings(), frozen_gc():
         warnings.simplefilter("ignore", FutureWarning)
         studyset = Studyset(source, target="mni152_2mm", mask=mask_img)
         result = _nimare_estimator(method, seed).fit(studyset)
@@ -353,7 +372,8 @@ def cbma_nimare(peaks: pd.DataFrame, studies: pd.DataFrame, network: str, direct
                                  n_cores=1).transform(result)
 
     def get(name):
-        img = corrected.get_map(name, return_type="image")
+        with frozen_gc():
+            img = corrected.get_map(name, return_type="image")
         return np.asarray(img.dataobj, np.float32).reshape(mask.shape)
 
     out.update(stat=get("stat"), z=get("z"),
@@ -630,7 +650,7 @@ def publish_peaks(t_map, mask, affine, df, threshold_p=0.001,
 def simulate_literature(sim: dict, seed: int, scale: float = 1.0, effect_d: float = 0.8,
                         threshold_p: float = 0.001,
                         min_cluster_mm3: float = REPORT_MIN_CLUSTER_MM3,
-                        return_maps: bool = False):
+                        return_maps: bool = False, edss_slope: float = 0.0):
     """A simulated literature with the demo's ground truth: every study's published peaks.
 
     The studies, planted locations and per-study effects are the simulation's
@@ -642,6 +662,10 @@ def simulate_literature(sim: dict, seed: int, scale: float = 1.0, effect_d: floa
     ``d_ij = effect_d · delta_ij / effect_size`` (Cohen's d at the location, the
     simulation's between-study heterogeneity) and ``ε`` a unit-variance smooth Gaussian
     field (the simulation's noise fields). Each map is published with :func:`publish_peaks`.
+    Every study gets a mean EDSS drawn uniformly from [1.5, 5.5] (the studies table's
+    ``edss``); ``edss_slope`` plants a study-level moderator: ``d_ij`` gains
+    ``edss_slope * (edss_i - mean)`` at every planted location whatever its sign (the MS-HC
+    difference rises with EDSS); 0 (default) is the published null.
     ``scale`` sets the sample sizes (1.0: the published 1,524 MS / 886 HC): at the demo's 5 %
     (2-17 subjects per group) almost no cluster survives p < 0.001, as in the demo's own
     per-study t maps.
@@ -651,7 +675,8 @@ def simulate_literature(sim: dict, seed: int, scale: float = 1.0, effect_d: floa
     peaks : pandas.DataFrame
         peaks.tsv rows (``study_id, network, x, y, z, space, stat, stat_type, direction``).
     studies : pandas.DataFrame
-        Literature studies table rows (``study_id, n_ms, n_hc, threshold_p, coverage``).
+        Literature studies table rows (``study_id, n_ms, n_hc, threshold_p, coverage,
+        edss``).
     maps : dict
         Only with ``return_maps``: ``{study: {network: (t, g, var_g)}}``, 3-D arrays on the
         simulation grid (``g``, ``var_g`` from t with :func:`t_to_g`), the "images" a study
@@ -665,6 +690,7 @@ def simulate_literature(sim: dict, seed: int, scale: float = 1.0, effect_d: floa
     sizes = simulate.group_sizes(cfg)
     ids = simulate.study_ids(cfg)
     affine = grid.mask_img.affine
+    edss = np.random.default_rng([seed, 91]).uniform(1.5, 5.5, len(ids))
     rows, study_rows, maps = [], [], {}
     for i, (study, (n_ms, n_hc)) in enumerate(zip(ids, sizes)):
         rng = np.random.default_rng([seed, 90, i])
@@ -676,7 +702,8 @@ def simulate_literature(sim: dict, seed: int, scale: float = 1.0, effect_d: floa
             for j, f in mine.iterrows():
                 if f["network"] == network:
                     d = effect_d * f["delta"] / cfg["effect_size"]
-                    signal += f["direction"] * d * grid.blobs[j]
+                    moderated = edss_slope * (edss[i] - edss.mean())
+                    signal += (f["direction"] * d + moderated) * grid.blobs[j]
             t = np.zeros(grid.mask.shape)
             t[grid.mask] = scale_t * signal + noise[k]
             table = publish_peaks(t, grid.mask, affine, n_ms + n_hc - 2, threshold_p,
@@ -689,7 +716,8 @@ def simulate_literature(sim: dict, seed: int, scale: float = 1.0, effect_d: floa
                 maps.setdefault(study, {})[network] = (t, np.where(grid.mask, g, 0.0),
                                                        np.where(grid.mask, var_g, 0.0))
         study_rows.append({"study_id": study, "n_ms": n_ms, "n_hc": n_hc,
-                           "threshold_p": threshold_p, "coverage": "whole_brain"})
+                           "threshold_p": threshold_p, "coverage": "whole_brain",
+                           "edss": round(float(edss[i]), 2)})
     peaks = pd.concat(rows, ignore_index=True)
     for col in ("x", "y", "z"):
         peaks[col] = peaks[col].round(1)
@@ -697,3 +725,575 @@ def simulate_literature(sim: dict, seed: int, scale: float = 1.0, effect_d: floa
     if return_maps:
         return peaks, pd.DataFrame(study_rows), maps
     return peaks, pd.DataFrame(study_rows)
+
+
+# --------------------------------------------------------------------------------------
+# workflow: configuration, the demo's published peaks, every method per network
+# --------------------------------------------------------------------------------------
+LITERATURE_DEFAULTS = {"peaks_tsv": None, "studies_tsv": None, "compare_simulated": True,
+                       "fwhm_mm": 20.0, "bound_variance": True, "n_iters": 10000,
+                       "n_permutations": 1000, "resolution_mm": 2,
+                       "moderators": ["age", "duration", "edss", "t2lv"]}
+"""Defaults of the ``literature`` config section (the schema documents each key)."""
+
+METHOD_LABELS = {"ibma": "image-based meta-analysis", "ale": "ALE (NiMARE)",
+                 "mkda": "MKDA (NiMARE)", "sdm": "SDM-style (peaks only)",
+                 "hybrid": "hybrid (peaks + images)"}
+"""``method-`` entity value -> name in tables and the report (``ibma``: the meta stage)."""
+
+DIRECTION_ENTITIES = {"MS>HC": "inc", "MS<HC": "dec"}
+"""Contrast -> ``direction-`` entity value of the ALE and MKDA outputs."""
+
+
+def literature_enabled(config: dict) -> bool:
+    """Whether the workflow runs literature mode: ``data.mode: literature``, literature tables
+    given next to image studies (mixed), or the demo's CBMA-vs-IBMA comparison
+    (``data.mode: simulate`` with ``literature.compare_simulated``)."""
+    lit = {**LITERATURE_DEFAULTS, **(config.get("literature") or {})}
+    mode = config["data"]["mode"]
+    return (mode == "literature" or bool(lit["peaks_tsv"])
+            or (mode == "simulate" and bool(lit["compare_simulated"])))
+
+
+def check_literature_tables(config: dict) -> None:
+    """Validate the configured peaks and literature studies tables (no-op without them), with
+    the messages of :func:`read_literature_studies` and :func:`read_peaks`, before any job.
+
+    Raises
+    ------
+    MsnetInputErrors
+        Every problem of the two tables, each naming the file, the row and the fix.
+    """
+    lit = config.get("literature") or {}
+    if not lit.get("peaks_tsv"):
+        return
+    studies = read_literature_studies(lit["studies_tsv"])
+    read_peaks(lit["peaks_tsv"], studies, lit["studies_tsv"])
+
+
+def literature_stem(network: str, method: str, direction: str | None = None) -> str:
+    """File-name stem of one method's outputs for one network (and direction, ALE/MKDA):
+    ``literature_network-{net}_method-{method}[_direction-{inc|dec}]``."""
+    stem = f"literature_network-{network}_method-{method}"
+    return stem + (f"_direction-{DIRECTION_ENTITIES[direction]}" if direction else "")
+
+
+def literature_outputs(out_dir, networks, space: str, hybrid: bool, comparison: bool,
+                       masks: bool = False) -> dict:
+    """Every file :func:`literature_meta` writes (the one place that names them).
+
+    Returns
+    -------
+    dict
+        ``maps``: ``{network: {label: {stat: path}}}`` with label ``ale_inc``, ``ale_dec``,
+        ``mkda_inc``, ``mkda_dec`` (stats ``z``, ``logpfwe``), ``sdm`` and, with ``hybrid``,
+        ``hybrid`` (``g``, ``z``, ``logpfwe``, ``i2``); ``clusters``: ``{network: {label:
+        path}}``; ``metaregression``, ``methods`` and, with ``comparison``, ``comparison``
+        and ``recovery``; with ``masks``, ``masks``: ``{network: path}`` (literature-only
+        mode: the template masks it builds).
+    """
+    from msnet.io.plan import map_name, mask_name
+
+    out_dir = Path(out_dir)
+    runs = [(m, d) for m in ("ale", "mkda") for d in DIRECTIONS]
+    runs += [("sdm", None)] + ([("hybrid", None)] if hybrid else [])
+    out = {"maps": {}, "clusters": {}}
+    for net in networks:
+        for method, direction in runs:
+            label = method + (f"_{DIRECTION_ENTITIES[direction]}" if direction else "")
+            stem = literature_stem(net, method, direction)
+            stats = ("z", "logpfwe") if direction else ("g", "z", "logpfwe", "i2")
+            out["maps"].setdefault(net, {})[label] = {
+                s: str(out_dir / map_name(stem, s, space)) for s in stats}
+            out["clusters"].setdefault(net, {})[label] = str(out_dir / f"{stem}_clusters.tsv")
+    out["metaregression"] = str(out_dir / "literature_desc-metaregression_stats.tsv")
+    out["methods"] = str(out_dir / "literature_desc-methods.txt")
+    if comparison:
+        out["comparison"] = str(out_dir / "literature_desc-comparison_stats.tsv")
+        out["recovery"] = str(out_dir / "literature_desc-recovery_stats.tsv")
+    if masks:
+        out["masks"] = {n: str(out_dir / "masks" / mask_name(n, space)) for n in networks}
+    return out
+
+
+PUBLISHED_COLUMNS = ["study_id", "network", "x", "y", "z", "space", "stat", "stat_type",
+                     "direction"]
+"""Columns of the demo's published peaks table (the ``peaks.tsv`` schema)."""
+
+
+def publish_study_peaks(t_maps: dict, study_tables: dict, moderators, out_peaks, out_studies,
+                        threshold_p: float = 0.001,
+                        min_cluster_mm3: float = REPORT_MIN_CLUSTER_MM3) -> dict:
+    """Every study's "paper": the peaks of its MS-vs-HC t maps, as a literature would hold them.
+
+    Each study's t map of each network (the group stage's, within the network mask) is
+    published with :func:`publish_peaks` (clusters at one-sided p < ``threshold_p`` with the
+    df of the study's ``within_{net}`` model, at least ``min_cluster_mm3``, one peak per
+    cluster). The studies table gets the study's n (``n_ms``, ``n_hc`` of its group table),
+    its reporting threshold, ``coverage`` network (the maps cover the network mask only) and
+    the meta stage's study moderators. A study with fewer than 2 subjects in a group has no
+    t map and is left out (logged).
+
+    Parameters
+    ----------
+    t_maps : dict
+        Study -> network -> ``study-{id}_network-{net}_..._stat-t_map.nii.gz``.
+    study_tables : dict
+        Study -> ``study-{id}_desc-MSvsHC_networks.tsv``.
+    moderators : str or Path
+        ``meta_desc-studies_moderators.tsv`` (columns ``study`` and :data:`msnet.meta.MODERATORS`).
+    out_peaks, out_studies : str or Path
+        The peaks table and the literature studies table to write (readable by
+        :func:`read_peaks` and :func:`read_literature_studies`).
+    threshold_p, min_cluster_mm3 : float
+        The reporting threshold of every simulated paper (p < 0.001, k >= 10 voxels of 2 mm).
+
+    Returns
+    -------
+    dict
+        ``peaks`` and ``studies`` (DataFrames written).
+    """
+    import nibabel as nib
+
+    from msnet.meta import MODERATORS
+
+    mods = pd.read_csv(moderators, sep="\t", na_values=["n/a"]).set_index("study")
+    peaks, rows = [], []
+    for study in sorted(t_maps):
+        table = pd.read_csv(study_tables[study], sep="\t", na_values=["n/a"])
+        within = table[table["metric"].isin([f"within_{n}" for n in t_maps[study]])]
+        n_ms, n_hc = within["n_ms"].min(), within["n_hc"].min()
+        if not (n_ms >= 2 and n_hc >= 2):
+            LOGGER.info("study %s: %s MS / %s HC included, no t map: not published",
+                        study, n_ms, n_hc)
+            continue
+        for net, path in t_maps[study].items():
+            df = within.loc[within["metric"] == f"within_{net}", "df"]
+            img = nib.load(str(path))
+            t = np.asarray(img.dataobj, float)
+            if df.empty or not np.isfinite(df.iloc[0]) or not np.isfinite(t).any():
+                continue
+            found = publish_peaks(t, np.isfinite(t) & (t != 0), img.affine, float(df.iloc[0]),
+                                  threshold_p, min_cluster_mm3)
+            peaks.append(found.assign(study_id=study, network=net))
+        rows.append({"study_id": study, "n_ms": int(n_ms), "n_hc": int(n_hc),
+                     "threshold_p": threshold_p,
+                     "threshold_k": min_cluster_mm3 / 8.0, "coverage": "network",
+                     "networks": ",".join(t_maps[study]),
+                     **{m: mods.loc[study, m] if study in mods.index and m in mods else np.nan
+                        for m in MODERATORS}})
+    peak_table = (pd.concat(peaks, ignore_index=True) if peaks
+                  else pd.DataFrame(columns=PUBLISHED_COLUMNS))[PUBLISHED_COLUMNS]
+    peak_table[["x", "y", "z"]] = peak_table[["x", "y", "z"]].astype(float).round(1)
+    peak_table["stat"] = peak_table["stat"].astype(float).round(3)
+    studies = pd.DataFrame(rows)
+    sim = ("Simulated: msnet's demo studies' t-map peaks published as papers would print "
+           "them (msnet.literature.publish_study_peaks).")
+    _write_schema_table(peak_table, out_peaks, "peaks", sim)
+    _write_schema_table(studies, out_studies, "literature_studies", sim)
+    LOGGER.info("%d studies published %d peaks", len(studies), len(peak_table))
+    return {"peaks": peak_table, "studies": studies}
+
+
+def _write_schema_table(table: pd.DataFrame, path, schema: str, description: str) -> None:
+    """Write an input-format table (peaks or literature studies) with the column dictionary
+    of its schema (the columns mean what the input tables' columns mean)."""
+    from msnet.config import load_schema
+    from msnet.derivatives import sidecar_path
+    from msnet.io.atomic import write_json, write_tsv
+
+    props = load_schema(schema)["properties"]
+    write_tsv(table, path, na_rep="n/a")
+    write_json({"Description": description,
+                **{c: {"Description": props[c]["description"]} for c in table.columns}},
+               sidecar_path(path))
+
+
+def _save(values, mask_img, path, sidecar: dict, fill=0.0):
+    """Save values over the mask (3-D arrays pass through) as a map with its sidecar."""
+    import nibabel as nib
+
+    from msnet.derivatives import save_map
+
+    mask = np.asarray(mask_img.dataobj) > 0
+    values = np.asarray(values, float)
+    vol = values if values.shape == mask.shape else np.where(mask, 0.0, fill)
+    if values.shape != mask.shape:
+        vol[mask] = np.where(np.isfinite(values), values, fill)
+    img = nib.Nifti1Image(np.asarray(vol, np.float32), mask_img.affine)
+    img.header.set_xyzt_units("mm")
+    save_map(img, path, sidecar)
+
+
+def cbma_cluster_table(res: dict, sign: int, mask_img, alpha: float, network: str,
+                       connectivity: int = 1) -> pd.DataFrame:
+    """Clusters of FWE-significant voxels of an ALE or MKDA result, with the columns of
+    :func:`msnet.stats.cluster_table` (Harvard-Oxford label of each peak): clusters are
+    formed by the voxels with voxel-level Monte-Carlo FWE p < ``alpha`` (NiMARE's maps carry
+    no cluster-level null here, so ``cluster_p_fwe`` is empty); ``peak_zstat`` is the z of
+    the peak (signed: MS>HC positive), ``peak_stat`` its ALE value or MKDA density."""
+    from msnet import stats as msstats
+
+    mask = np.asarray(mask_img.dataobj) > 0
+    z = sign * res["z"][mask].astype(float)
+    p_fwe = 10.0 ** -res["logp_fwe"][mask].astype(float)
+    sig = np.where(p_fwe < alpha, z, 0.0)
+    grid = msstats.VoxelGrid(mask, connectivity)
+    labels, sizes, signs = grid.clusters(sig, 0.0, True)
+    order = np.argsort(-sizes, kind="stable")
+    relabel = np.zeros(sizes.size + 1, np.int64)
+    relabel[order + 1] = np.arange(1, sizes.size + 1)
+    clusters = msstats.ClusterResult(0.0, relabel[labels], sizes[order], signs[order],
+                                     np.full(sizes.size, np.nan), np.zeros(0))
+    perm = msstats.PermutationResult(t=z, p=p_fwe, effect=res["stat"][mask].astype(float),
+                                     sigma=np.zeros_like(z), df=0, n_perm=0, p_fwe=p_fwe,
+                                     h0_max_t=np.zeros(0), clusters=clusters)
+    table = msstats.cluster_table(perm, mask_img, None, "stat", alpha, ("MS>HC", "MS<HC"))
+    table["significant"] = table["peak_p_fwe"] < alpha
+    table = table.rename(columns={"peak_t": "peak_zstat"})
+    table.insert(0, "network", network)
+    return table
+
+
+def sdm_metaregression(maps: dict, mask_img, moderators: pd.DataFrame, opts: dict,
+                       network: str, method: str) -> pd.DataFrame:
+    """Voxelwise meta-regression of the SDM-style (or hybrid) study maps on each moderator.
+
+    :func:`msnet.meta.voxelwise_metaregression` (the meta stage's engine: mixed-effects
+    model at every voxel, max-|z| FWE by permuting the moderator across studies) on the
+    studies with a value; one row per moderator at the voxel of largest |z|: its slope,
+    z and FWE p, MNI coordinate and Harvard-Oxford label. A moderator known for too few
+    studies or constant gets a row with the reason in ``warning``. Far from every peak most
+    recreated maps are 0 and Knapp-Hartung's residual variance is tiny, so the largest |z|
+    can sit in a kernel's tail with a small slope; the max-|z| permutation null is computed
+    the same way, so the FWE p stays valid, but read the location with that in mind.
+    :func:`literature_meta` adds Benjamini-Hochberg q over all rows (``q_fdr``).
+    """
+    from msnet import meta
+    from msnet.atlas import harvard_oxford_label, mask_coordinates
+
+    coords = mask_coordinates(mask_img)
+    values = moderators.reindex(maps["studies"])
+    rows = []
+    for name in opts["moderators"]:
+        x = values[name].to_numpy(float) if name in values else np.full(len(values), np.nan)
+        row = {"method": method, "network": network, "moderator": name,
+               "k": int(np.isfinite(x).sum()), "warning": meta._moderator_problem(
+                   x, opts["min_studies"])}
+        if not row["warning"]:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-zero voxels, as sdm_meta
+                reg = meta.voxelwise_metaregression(maps["Y"], maps["V"], x, opts,
+                                                    f"{network}-{method}", name)
+            z = np.nan_to_num(reg["z"])
+            peak = int(np.argmax(np.abs(z)))
+            row.update(beta=reg["beta"][peak], z=z[peak], p_fwe=reg["p_fwe"][peak],
+                       significant=bool(reg["p_fwe"][peak] < opts["alpha"]),
+                       peak_x=coords[peak, 0], peak_y=coords[peak, 1], peak_z=coords[peak, 2],
+                       label=harvard_oxford_label(coords[peak]),
+                       n_permutations=reg["n_permutations"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=METAREG_COLUMNS)
+
+
+METAREG_COLUMNS = ["method", "network", "moderator", "k", "beta", "z", "p_fwe", "significant",
+                   "peak_x", "peak_y", "peak_z", "label", "n_permutations", "warning"]
+"""Columns of ``literature_desc-metaregression_stats.tsv``."""
+
+
+def _moderator_frame(studies: pd.DataFrame, image_moderators=None) -> pd.DataFrame:
+    """Study -> moderators: the literature studies table's, then the meta stage's table
+    (``meta_desc-studies_moderators.tsv``) for image studies not in it."""
+    from msnet.meta import MODERATORS
+
+    frame = studies[list(MODERATORS)].astype(float)
+    if image_moderators:
+        extra = pd.read_csv(image_moderators, sep="\t", na_values=["n/a"]).set_index("study")
+        extra = extra.reindex(columns=list(MODERATORS)).astype(float)
+        frame = pd.concat([frame, extra[~extra.index.isin(frame.index)]])
+    return frame
+
+
+def _network_mask(network, masks, out, resolution_mm, space):
+    """The network's analysis mask: the given one, else its template mask (written)."""
+    import nibabel as nib
+
+    if masks:
+        return nib.load(str(masks[network]))
+    from nilearn import datasets, image
+
+    brain = datasets.load_mni152_brain_mask(resolution=2)
+    if resolution_mm != 2:
+        brain = image.resample_img(brain, target_affine=np.diag([float(resolution_mm)] * 3),
+                                   interpolation="nearest", force_resample=True,
+                                   copy_header=True)
+    mask_img = template_mask(network, brain)
+    _save(np.asarray(mask_img.dataobj), mask_img, out["masks"][network], {
+        "Description": "Analysis mask of the network for literature mode: the network's "
+                       "template (Gaussian blobs on the Seitzman ROIs) above 0.2 within "
+                       f"nilearn's MNI152 brain mask at {resolution_mm} mm.",
+        "Units": "binary"})
+    return mask_img
+
+
+def literature_meta(peaks_tsv, studies_tsv, out_dir, options: dict, space: str,
+                    masks: dict | None = None, image_maps: dict | None = None,
+                    image_moderators=None, ibma_maps: dict | None = None,
+                    simulated: bool = False) -> dict:
+    """Literature mode for every network (Snakemake rule ``literature_meta``).
+
+    Per network: ALE and MKDA of each direction (:func:`cbma_nimare`, NiMARE's Monte-Carlo
+    voxel FWE), the SDM-style random-effects meta-analysis of the peaks
+    (:func:`sdm_study_maps`, :func:`sdm_meta`) and, with ``image_maps``, the hybrid one
+    (those studies enter with their real g and var(g) maps); each with its maps, cluster table
+    and voxelwise meta-regressions (:func:`sdm_metaregression`); then the methods text and,
+    with ``ibma_maps``, the comparison with the image-based meta-analysis
+    (:func:`compare_methods`). Every map follows msnet's sign convention: z and the signed
+    ``-log10`` FWE p are positive for MS > HC (an ALE/MKDA ``direction-dec`` map holds -z).
+
+    Parameters
+    ----------
+    peaks_tsv, studies_tsv : str or Path
+        The peaks and literature studies tables (validated again here).
+    out_dir : str or Path
+        ``results/literature``.
+    options : dict
+        The ``literature`` section plus ``meta`` (the meta stage's options, with ``seed``),
+        ``radius_mm`` (the report's search radius) and ``networks``.
+    space : str
+        Template space of the output names.
+    masks : dict, optional
+        Network -> analysis mask (the group stage's); None builds template masks at
+        ``resolution_mm`` (literature-only mode) and writes them.
+    image_maps : dict, optional
+        Network -> study -> (g map, var(g) map): the studies the hybrid takes as images.
+    image_moderators : str or Path, optional
+        The meta stage's study moderators table (moderators of image studies).
+    ibma_maps : dict, optional
+        Network -> ``{"z": path, "logpfwe": path}`` of the image-based meta-analysis.
+    simulated : bool
+        The planted truth is known (the demo): count false positives against it.
+
+    Returns
+    -------
+    dict
+        :func:`literature_outputs`.
+    """
+    from msnet import meta
+    from msnet import stats as msstats
+    from msnet.derivatives import write_table
+    from msnet.io.atomic import write_text
+    from msnet.report import literature_methods_text
+
+    opts = {**LITERATURE_DEFAULTS, **options}
+    meta_opts = meta.resolve_options({**opts["meta"], "n_permutations": opts["n_permutations"],
+                                      "moderators": opts["moderators"]})
+    networks = list(opts.get("networks") or ANALYSIS_NETWORKS)
+    out = literature_outputs(out_dir, networks, space, bool(image_maps), bool(ibma_maps),
+                             masks=not masks)
+    studies = read_literature_studies(studies_tsv)
+    peaks = read_peaks(peaks_tsv, studies, studies_tsv)
+    mods = _moderator_frame(studies, image_moderators)
+    alpha = meta_opts["alpha"]
+    results, metareg = {}, []
+    for net in networks:
+        mask_img = _network_mask(net, masks, out, opts["resolution_mm"], space)
+        results[net] = _cbma_network(peaks, studies, net, mask_img, out, opts, alpha)
+        for method, images in (("sdm", None), ("hybrid", (image_maps or {}).get(net))):
+            if method == "hybrid" and not image_maps:
+                continue
+            maps = sdm_study_maps(peaks, studies, net, mask_img, opts["fwhm_mm"], images,
+                                  opts["bound_variance"])
+            res = sdm_meta(maps, mask_img, meta_opts, net)
+            _write_sdm(res, maps, mask_img, out["maps"][net][method],
+                       out["clusters"][net][method], net, method, alpha)
+            results[net][method] = (res["z"], msstats.signed_logp(res["p_fwe"], res["z"]),
+                                    mask_img)
+            metareg.append(sdm_metaregression(maps, mask_img, mods, meta_opts, net, method))
+    metareg = pd.concat(metareg, ignore_index=True)
+    tested = metareg["p_fwe"].notna().to_numpy()
+    metareg["q_fdr"] = np.nan
+    metareg.loc[tested, "q_fdr"] = msstats.fdr_bh(metareg.loc[tested, "p_fwe"].to_numpy(float))
+    write_table(metareg, out["metaregression"], na_rep="n/a")
+    write_text(literature_methods_text(opts, meta_opts, bool(image_maps), simulated),
+               out["methods"])
+    _text_sidecar(out["methods"], "Methods text of the coordinate-based and hybrid "
+                                  "meta-analyses, generated from the options used, with "
+                                  "every departure from SDM and the references.")
+    if ibma_maps:
+        summary, recovery = compare_methods(results, ibma_maps, alpha, opts["radius_mm"],
+                                            simulated)
+        write_table(summary, out["comparison"], na_rep="n/a")
+        write_table(recovery, out["recovery"], na_rep="n/a")
+    return out
+
+
+def _text_sidecar(path, description: str) -> None:
+    from msnet.derivatives import sidecar_path
+    from msnet.io.atomic import write_json
+
+    write_json({"Description": description}, sidecar_path(path))
+
+
+def _cbma_network(peaks, studies, net, mask_img, out, opts, alpha) -> dict:
+    """ALE and MKDA of both directions of one network: maps and cluster tables written;
+    returns ``{method: (signed z, signed -log10 FWE p, mask)}`` with the two directions
+    combined (at each voxel the direction with the smaller FWE p)."""
+    from msnet.derivatives import write_table
+
+    combined = {}
+    for method in ("ale", "mkda"):
+        signed = []
+        for direction, sign in DIRECTIONS.items():
+            label = f"{method}_{DIRECTION_ENTITIES[direction]}"
+            res = cbma_nimare(peaks, studies, net, direction, mask_img, method.upper(),
+                              opts["n_iters"], opts["meta"]["seed"])
+            paths = out["maps"][net][label]
+            note = {"Method": METHOD_LABELS[method], "Direction": direction,
+                    "Studies": res["n_studies"], "Peaks": res["n_peaks"],
+                    "Skipped": res["skipped"], "NiMAREDescription": res["description"]}
+            z, logp = sign * res["z"], sign * res["logp_fwe"]
+            _save(z, mask_img, paths["z"], {**note, "Description":
+                  f"{METHOD_LABELS[method]} z of the convergence of {direction} peaks "
+                  "(negative for MS<HC, msnet's sign convention)."})
+            _save(logp, mask_img, paths["logpfwe"], {**note, "Description":
+                  "Signed -log10 of the voxel-level Monte-Carlo FWE p (NiMARE "
+                  "FWECorrector, literature.n_iters relocations of the peaks)."})
+            table = cbma_cluster_table(res, sign, mask_img, alpha, net)
+            write_table(table, out["clusters"][net][label], na_rep="n/a")
+            signed.append((z, logp))
+        (z1, l1), (z2, l2) = signed
+        first = np.abs(l1) >= np.abs(l2)
+        combined[method] = (np.where(first, z1, z2), np.where(first, l1, l2), mask_img)
+    return combined
+
+
+def _write_sdm(res, maps, mask_img, paths, clusters_path, net, method, alpha) -> None:
+    from msnet import meta
+    from msnet import stats as msstats
+    from msnet.derivatives import write_table
+
+    kinds = pd.Series(maps["kind"]).value_counts().to_dict()
+    note = {"Method": METHOD_LABELS[method], "Studies": len(maps["studies"]),
+            "StudiesFromPeaks": int(kinds.get("peaks", 0)),
+            "StudiesFromImages": int(kinds.get("image", 0)),
+            "Permutations": int(res["n_permutations"])}
+    stats = {"g": res["g"], "z": res["z"],
+             "logpfwe": msstats.signed_logp(res["p_fwe"], res["z"]), "i2": res["i2"]}
+    for stat, values in stats.items():
+        _save(values, mask_img, paths[stat], note)
+    table = meta.cluster_table(res, mask_img, alpha, net)
+    write_table(table, clusters_path, na_rep="n/a")
+
+
+# --------------------------------------------------------------------------------------
+# CBMA vs IBMA on the same studies
+# --------------------------------------------------------------------------------------
+COMPARISON_COLUMNS = ["method", "network", "significant_voxels", "n_findings", "recovered",
+                      "dice_ibma", "significant_peaks", "false_positive_peaks"]
+"""Columns of ``literature_desc-comparison_stats.tsv``."""
+
+
+def _volume(values, mask_img) -> np.ndarray:
+    """3-D float array of values given over the mask (3-D arrays pass through)."""
+    mask = np.asarray(mask_img.dataobj) > 0
+    values = np.asarray(values, float)
+    if values.shape == mask.shape:
+        return np.nan_to_num(values)
+    vol = np.zeros(mask.shape)
+    vol[mask] = np.nan_to_num(values)
+    return vol
+
+
+def false_positive_peaks(stat, logp, affine, network, alpha, radius_mm) -> tuple[int, int]:
+    """FWE-significant local maxima of a signed map (as :func:`msnet.report.
+    compare_with_published` finds them) and how many lie farther than ``radius_mm`` from
+    every planted location of ``network`` with their sign (the simulation plants effects at
+    :func:`msnet.atlas.published_findings` and nowhere else).
+
+    Returns
+    -------
+    (n_peaks, n_false)
+    """
+    from msnet.atlas import published_findings
+    from msnet.report import fwe_significant, signed_local_maxima
+
+    truth = published_findings().query("network == @network")
+    sig = fwe_significant(logp, alpha).ravel()
+    ijk = np.indices(stat.shape).reshape(3, -1).T
+    n_peaks = n_false = 0
+    for sign, (_, local) in signed_local_maxima(stat).items():
+        idx = np.flatnonzero(local & sig)
+        xyz = ijk[idx] @ affine[:3, :3].T + affine[:3, 3]
+        planted = truth.loc[truth["direction"] == sign, ["x", "y", "z"]].to_numpy(float)
+        dist = (np.linalg.norm(xyz[:, None] - planted[None], axis=2).min(axis=1)
+                if len(planted) else np.full(len(idx), np.inf))
+        n_peaks += len(idx)
+        n_false += int((dist > radius_mm).sum())
+    return n_peaks, n_false
+
+
+def compare_methods(results: dict, ibma_maps: dict, alpha: float, radius_mm: float,
+                    simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each method against the image-based meta-analysis of the same studies and the truth.
+
+    Per network and method (the image-based one, ``ibma``, included): the published
+    locations recovered (:func:`msnet.report.compare_with_published`: an FWE-significant
+    local maximum of the published sign within ``radius_mm``, its distance and statistic),
+    the Dice overlap of the FWE-significant voxels (same sign) with the image-based result,
+    and, when ``simulated``, the significant peaks farther than ``radius_mm`` from every
+    planted location of their sign (:func:`false_positive_peaks`).
+
+    Parameters
+    ----------
+    results : dict
+        Network -> method -> (signed z, signed -log10 FWE p, mask image), values over the
+        mask or 3-D (ALE and MKDA: both directions combined).
+    ibma_maps : dict
+        Network -> ``{"z": path, "logpfwe": path}`` (the meta stage's maps, same grid).
+
+    Returns
+    -------
+    summary : pandas.DataFrame
+        :data:`COMPARISON_COLUMNS`, one row per method and network.
+    recovery : pandas.DataFrame
+        ``method`` + :func:`msnet.report.compare_with_published`'s columns, one row per
+        method and published finding.
+    """
+    import nibabel as nib
+
+    from msnet.report import compare_with_published, fwe_significant
+
+    summary, recovery = [], []
+    for net, methods in results.items():
+        mask_img = next(iter(methods.values()))[2]
+        z_img, l_img = (nib.load(str(ibma_maps[net][k])) for k in ("z", "logpfwe"))
+        if z_img.shape[:3] != mask_img.shape[:3]:
+            raise MsnetInputError(
+                f"{ibma_maps[net]['z']}: the image-based meta-analysis map {z_img.shape} is "
+                f"not on the literature grid {mask_img.shape}; give both the same network "
+                "masks.")
+        rows = {"ibma": (np.asarray(z_img.dataobj, float), np.asarray(l_img.dataobj, float))}
+        rows.update({m: (_volume(z, mask_img), _volume(lp, mask_img))
+                     for m, (z, lp, _) in methods.items()})
+        ref = np.sign(rows["ibma"][0]) * fwe_significant(rows["ibma"][1], alpha)
+        for method, (z, logp) in rows.items():
+            sig = np.sign(z) * fwe_significant(logp, alpha)
+            both = np.count_nonzero(sig) + np.count_nonzero(ref)
+            dice = 2.0 * np.count_nonzero((sig == ref) & (sig != 0)) / both if both else np.nan
+            table = compare_with_published(nib.Nifti1Image(z, mask_img.affine),
+                                           nib.Nifti1Image(logp, mask_img.affine), net,
+                                           alpha, radius_mm)
+            n_peaks, n_false = false_positive_peaks(z, logp, mask_img.affine, net, alpha,
+                                                    radius_mm)
+            summary.append({"method": method, "network": net,
+                            "significant_voxels": int(np.count_nonzero(sig)),
+                            "n_findings": len(table), "recovered": int(table["found"].sum()),
+                            "dice_ibma": dice, "significant_peaks": n_peaks,
+                            "false_positive_peaks": n_false if simulated else np.nan})
+            recovery.append(table.assign(method=method))
+    recovery = pd.concat(recovery, ignore_index=True)
+    return (pd.DataFrame(summary, columns=COMPARISON_COLUMNS),
+            recovery[["method", *[c for c in recovery.columns if c != "method"]]])

@@ -50,6 +50,7 @@ SECTIONS = (
     ("voxelwise", "Voxelwise results"),
     ("clinical", "Clinical associations"),
     ("meta-vs-mega", "Meta vs mega"),
+    ("literature", "Coordinate-based and hybrid meta-analysis"),
     ("methods", "Methods"),
 )
 """(id, title) of the report's sections, in order; every id is an ``<h2 id=...>``."""
@@ -241,6 +242,31 @@ _REFS = (
               "Harmonization of cortical thickness measurements across scanners and sites",
               "NeuroImage", 2018, "167", "104-120", "10.1016/j.neuroimage.2017.11.024",
               et_al=True),
+    Reference("radua2012", "Radua et al., 2012", ("Radua J", "Mataix-Cols D", "Phillips ML",
+                                                  "El-Hage W", "Kronhaus DM", "Cardoner N",
+                                                  "Surguladze S"),
+              "A new meta-analytic method for neuroimaging studies that combines reported "
+              "peak coordinates and statistical parametric maps", "European Psychiatry", 2012,
+              "27", "605-611", "10.1016/j.eurpsy.2011.04.001"),
+    Reference("albajes2019", "Albajes-Eizagirre et al., 2019", ("Albajes-Eizagirre A",
+                                                               "Solanes A", "Vieta E",
+                                                               "Radua J"),
+              "Voxel-based meta-analysis via permutation of subject images (PSI): theory and "
+              "implementation for SDM", "NeuroImage", 2019, "186", "174-184",
+              "10.1016/j.neuroimage.2018.10.077"),
+    Reference("eickhoff2012", "Eickhoff et al., 2012", ("Eickhoff SB", "Bzdok D", "Laird AR",
+                                                        "Kurth F", "Fox PT"),
+              "Activation likelihood estimation meta-analysis revisited", "NeuroImage", 2012,
+              "59", "2349-2361", "10.1016/j.neuroimage.2011.09.017"),
+    Reference("wager2007", "Wager et al., 2007", ("Wager TD", "Lindquist M", "Kaplan L"),
+              "Meta-analysis of functional neuroimaging data: current and future directions",
+              "Social Cognitive and Affective Neuroscience", 2007, "2", "150-158",
+              "10.1093/scan/nsm015"),
+    Reference("lancaster2007", "Lancaster et al., 2007", ("Lancaster JL", "Tordesillas-"
+                                                          "Guti\u00e9rrez D", "Martinez M"),
+              "Bias between MNI and Talairach coordinates analyzed using the ICBM-152 brain "
+              "template", "Human Brain Mapping", 2007, "28", "1194-1205",
+              "10.1002/hbm.20345", et_al=True),
 )
 
 REFERENCES = {r.key: r for r in _REFS}
@@ -295,6 +321,25 @@ def _load_img(img, what):
     return img
 
 
+def signed_local_maxima(stat) -> dict:
+    """Local maxima of each sign of a 3-D statistic map.
+
+    Returns
+    -------
+    dict
+        ``{+1: (stat, local), -1: (-stat, local)}``, flattened: the signed map and whether
+        each voxel is a local maximum of it (at least as large as its 26 neighbours) and > 0.
+    """
+    from scipy import ndimage
+
+    peaks = {}
+    for sign in (1, -1):
+        signed = sign * np.asarray(stat, float)
+        local = signed >= ndimage.maximum_filter(signed, size=3, mode="constant", cval=-np.inf)
+        peaks[sign] = (signed.ravel(), (local & (signed > 0)).ravel())
+    return peaks
+
+
 def compare_with_published(stat_img, logp_fwe_img, network, alpha=0.05,
                            radius_mm=12.0) -> pd.DataFrame:
     """Check whether each published finding of ``network`` is recovered by a statistic map.
@@ -329,8 +374,6 @@ def compare_with_published(stat_img, logp_fwe_img, network, alpha=0.05,
         representative coordinate), ``statistic, peak_label`` (Harvard-Oxford), ``p_fwe,
         note``.
     """
-    from scipy import ndimage
-
     from msnet.atlas import harvard_oxford_label, published_findings
 
     stat_img = _load_img(stat_img, "statistic map")
@@ -346,11 +389,7 @@ def compare_with_published(stat_img, logp_fwe_img, network, alpha=0.05,
     sig = fwe_significant(logp, alpha).ravel()
     ijk = np.indices(stat.shape).reshape(3, -1).T
     coords = ijk @ stat_img.affine[:3, :3].T + stat_img.affine[:3, 3]
-    peaks = {}
-    for sign in (1, -1):
-        signed = sign * stat
-        local = signed >= ndimage.maximum_filter(signed, size=3, mode="constant", cval=-np.inf)
-        peaks[sign] = (signed.ravel(), (local & (signed > 0)).ravel())
+    peaks = signed_local_maxima(stat)
     rows = []
     for f in published_findings().query("network == @network").itertuples():
         center = np.array([f.x, f.y, f.z])
@@ -741,6 +780,13 @@ def methods_text(config: dict, versions: dict | None = None,
         + (f"; voxelwise models of {_names(cl['voxelwise_variables'])} used "
            f"{_inference_text(cl)}." if cl["voxelwise_variables"] else "."))
     paras.append(_meta_text(m))
+    from msnet.literature import LITERATURE_DEFAULTS, literature_enabled
+
+    if literature_enabled({**config, "data": {"mode": "simulate", **data}}):
+        lit = {**LITERATURE_DEFAULTS, **(config.get("literature") or {}), "radius_mm": radius}
+        paras.append(literature_text(lit, m, data.get("mode", "simulate") != "literature",
+                                     data.get("mode", "simulate") == "simulate",
+                                     versions.get("nimare", "")))
     paras.append(
         "Comparison with the published findings. The reference meta-analysis "
         f"{_cite('jneurol_ms_rsfmri_meta')} reports regions, not a coordinate table; msnet "
@@ -783,6 +829,139 @@ def _combat_text(g: dict) -> str:
         "kept. Additive and multiplicative site effects were shrunk towards their site-wide "
         "priors by parametric empirical Bayes; the shrinkage per site is tabulated in this "
         "report. The meta-analysis used the per-study (unharmonised) effect sizes.")
+
+
+SDM_DEPARTURES = (
+    "study maps are the midpoint of the recreated lower and upper bounds (AES-SDM's single "
+    "recreation), not SDM-PSI's maximum-likelihood multiple imputation from truncated normal "
+    "distributions",
+    "overlapping peaks of one sign take the strongest kernel value instead of AES-SDM's "
+    "distance-weighted average",
+    "the kernel is restricted to the network's analysis mask rather than a grey-matter "
+    "template, and is isotropic unless a per-axis FWHM is given (SDM's anisotropy follows "
+    "grey-matter correlation templates)",
+    "tau\u00b2 is estimated by the meta-analysis's own estimator rather than SDM's "
+    "method-of-moments (DL) one",
+    "family-wise error comes from sign flips of whole study maps (exchangeable under the null "
+    "when a study reports positive and negative peaks alike) instead of SDM-PSI's permutation "
+    "of imputed subject images; its calibration over simulated null literatures is tested",
+)
+"""Every departure of msnet's SDM-style estimator from AES-SDM / SDM-PSI (the same list as
+:func:`msnet.literature.sdm_meta`'s docstring), stated in the methods text."""
+
+
+def literature_text(lit: dict, m: dict, hybrid: bool, simulated: bool,
+                    nimare_version: str = "") -> str:
+    """The coordinate-based and hybrid meta-analysis paragraph (:mod:`msnet.literature`) from
+    the ``literature`` options and the resolved ``meta`` options used.
+
+    Parameters
+    ----------
+    lit : dict
+        The ``literature`` section (with ``radius_mm``, the report's search radius).
+    m : dict
+        The ``meta`` options (estimator, test, alpha, cluster threshold).
+    hybrid : bool
+        Image studies entered a hybrid analysis.
+    simulated : bool
+        The demo: the peaks were published from the simulated studies' t maps.
+    """
+    from msnet.literature import REPORT_MIN_CLUSTER_MM3
+
+    if simulated:
+        source = (
+            "Each simulated study's MS-vs-HC t map of each network was also published as a "
+            "paper would print it: one peak (the largest |t|) per cluster of one-sided "
+            "uncorrected p < 0.001 with the study's degrees of freedom and at least "
+            f"{REPORT_MIN_CLUSTER_MM3:g} mm\u00b3 (k \u2265 10 voxels of 2 mm), with the "
+            "study's sample sizes and mean moderators.")
+    else:
+        source = (
+            "Peak coordinates, statistics and sample sizes came from the peaks and literature "
+            "studies tables; Talairach coordinates were converted to MNI with the inverse of "
+            f"Lancaster's icbm2tal transform {_cite('lancaster2007')}, z and p values to t "
+            "with the study's n_MS + n_HC \u2212 2 degrees of freedom.")
+    est = "REML" if m["method"] == "REML" else "DerSimonian-Laird"
+    test = "Knapp-Hartung" if m["knapp_hartung"] else "Wald z"
+    fwhm = lit["fwhm_mm"]
+    fwhm = (f"{fwhm:g} mm" if np.isscalar(fwhm) else
+            "(" + ", ".join(f"{v:g}" for v in fwhm) + ") mm along x, y, z")
+    bound = (" plus the variance of a uniform draw between the bounds (the many-imputation "
+             "limit of Rubin's rules)" if lit["bound_variance"] else "")
+    perm = int(lit["n_permutations"])
+    text = (
+        f"Coordinate-based and hybrid meta-analysis. {source} Per network and direction, "
+        f"activation likelihood estimation (ALE; {REFERENCES['eickhoff2012'].cite}) and "
+        f"multilevel kernel density analysis (MKDA; {REFERENCES['wager2007'].cite}) were run "
+        f"with NiMARE {nimare_version} {_cite('salo2023')} with its default kernels and "
+        f"voxel-level family-wise error from {int(lit['n_iters'])} Monte-Carlo relocations of "
+        "the peaks. msnet's SDM-style estimator, after AES-SDM and SDM-PSI "
+        f"{_cite('radua2012', 'albajes2019')}, converted each peak's t to Hedges' g, "
+        f"recreated each study's lower- and upper-bound maps with a Gaussian kernel of FWHM "
+        f"{fwhm} within the network mask (far from its peaks a study's effect lay within "
+        "\u00b1 the g of a t at its reporting threshold) and took their midpoint as the "
+        "study's map, with the sampling variance of the recreated g" + bound + "; a study "
+        "without peaks in a network entered with g = 0. The maps were pooled at every voxel "
+        f"with the meta-analysis's random-effects model ({est}, {test}), with FWE from "
+        f"{perm} sign flips of whole study maps (voxel maximum, and cluster size at two-sided "
+        f"p < {m['cluster_threshold']:g}); voxelwise meta-regressions on "
+        f"{_names(lit['moderators'], 'mean ')} used FWE from {perm} permutations of the "
+        "moderator across studies. ")
+    if hybrid:
+        text += ("In the hybrid analysis the studies with images entered with their own g and "
+                 "var(g) maps and the others with their recreated maps"
+                 + (" (every other simulated study as images)" if simulated else "") + ". ")
+    text += ("Departures from SDM: " + "; ".join(f"({i}) {d}" for i, d in
+                                                 enumerate(SDM_DEPARTURES, start=1)) + ".")
+    if hybrid:
+        text += (" Each method was compared with the image-based meta-analysis of the same "
+                 "studies: published locations recovered (FWE-significant peak of the "
+                 f"published sign within {lit['radius_mm']:g} mm), Dice overlap of the "
+                 f"FWE-significant voxels (p < {m['alpha']:g}, same sign)"
+                 + (", and significant peaks farther than the search radius from every "
+                    "planted location of their sign (false positives against the simulation's "
+                    "ground truth)" if simulated else "") + ".")
+    return text
+
+
+def literature_methods_text(lit: dict, m: dict, hybrid: bool, simulated: bool) -> str:
+    """:func:`literature_text` with the NiMARE version and its reference list (the text file
+    literature mode writes beside its results)."""
+    body = literature_text(lit, m, hybrid, simulated, software_versions().get("nimare", ""))
+    return body + "\n\nReferences\n" + "\n".join(r.text() for r in cited_references(body))
+
+
+def _qcfc_text(config: dict) -> str:
+    """The motion-benchmark paragraph (``qcfc``) from the options actually used."""
+    from msnet.qcfc import DEFAULT_OPTIONS, describe_strategy, resolve_strategies
+
+    q = {**DEFAULT_OPTIONS, **(config.get("qcfc") or {})}
+    strategies = resolve_strategies(q, config.get("denoise"))
+    listed = "; ".join(f"{name} ({describe_strategy(o)})" for name, o in strategies.items())
+    main = next(iter(strategies))
+    return (
+        "Motion benchmarks (QC-FC). Following "
+        f"{_cite('ciric2017', 'parkes2018')}, the main analysis's denoising ('{main}') was "
+        + (f"compared with {len(strategies) - 1} other strategies on the same subjects: "
+           f"{listed}. Each subject's BOLD was read once and the Seitzman-300 ROI means of the "
+           "smoothed, uncleaned data were cleaned with each strategy (the cleaning is one "
+           "linear operator applied alike to every voxel, so it commutes with the ROI mean); "
+           "the main strategy's FC is the analysis's own. "
+           if len(strategies) > 1 else
+           f"benchmarked alone ({listed}; with ICA-AROMA's BOLD the other strategies' BOLD is "
+           "not read). ")
+        + "For every edge, QC-FC was the partial "
+        "correlation of its Fisher z with mean FD across the included subjects, controlling "
+        f"for {_names(q['covariates']) if q['covariates'] else 'no covariate'} and study "
+        "(one indicator per study); per strategy, the % of edges with a significant QC-FC at "
+        f"p < {q['alpha']:g} uncorrected and after Benjamini-Hochberg FDR "
+        f"{_cite('benjamini1995')}, the median |QC-FC|, its distance dependence (Spearman "
+        "correlation with the Euclidean distance between ROI centres) and the temporal "
+        "degrees of freedom lost (regressors + censored volumes) are reported. A strategy's "
+        f"QC-FC was called acceptable when at most {q['max_pct_fdr']:g}% of edges had an "
+        "FDR-significant QC-FC (msnet's threshold; the benchmark papers rank strategies "
+        "without fixing one). MS and HC mean FD were compared with Welch's t test, the "
+        "Mann-Whitney U test and an OLS with study indicators.")
 
 
 def _meta_text(m: dict) -> str:
@@ -1594,6 +1773,65 @@ class _Report:
                   f"{', '.join(fits)}; those estimates are the highest-likelihood ones found "
                   "and are not reliable (see the table's note column).", "missed")
 
+    def literature(self) -> str:
+        """Coordinate-based and hybrid meta-analysis (:mod:`msnet.literature`): each method
+        next to the image-based meta-analysis of the same studies."""
+        from msnet.literature import METHOD_LABELS
+
+        files = self.inputs.get("literature") or {}
+        summary, recovery = (_read(files.get(k)) for k in ("comparison", "recovery"))
+        if summary is None or recovery is None:
+            return _na("Coordinate-based and hybrid meta-analysis (literature mode did not "
+                       "run beside image studies)")
+        order = [m for m in METHOD_LABELS if m in set(summary["method"])]
+        totals = summary.groupby("method", sort=False).agg(
+            recovered=("recovered", "sum"), n_findings=("n_findings", "sum"),
+            significant_voxels=("significant_voxels", "sum"),
+            dice_ibma=("dice_ibma", "mean"), significant_peaks=("significant_peaks", "sum"),
+            false_positive_peaks=("false_positive_peaks", "sum")).reindex(order)
+        if summary["false_positive_peaks"].isna().all():
+            totals["false_positive_peaks"] = np.nan
+        totals.insert(0, "method_name", [METHOD_LABELS[m] for m in totals.index])
+        text = ("The same studies analysed five ways: the image-based meta-analysis of their g "
+                "maps (ibma), ALE and MKDA (NiMARE) and msnet's SDM-style estimator on their "
+                "published peaks only, and the hybrid with half of them as images. "
+                + "; ".join(f"{METHOD_LABELS[m]}: {int(r.recovered)} of {int(r.n_findings)} "
+                            "published locations" for m, r in totals.iterrows()) + ".")
+        parts = [_p(text), _p(
+            "Recovered: an FWE-significant local maximum of the published sign within "
+            f"{self.radius:g} mm. Dice: overlap of the FWE-significant voxels (same sign) with "
+            "the image-based result, mean over networks (empty where neither has any). False "
+            "positives: significant peaks farther than the search radius from every planted "
+            "location of their sign (simulated data only). ALE and MKDA test the convergence "
+            "of peak locations, not an effect size, and need at least two studies with peaks "
+            "of a direction.", "note"),
+            table_html(totals.reset_index()), "<h3>Published locations by method</h3>",
+            table_html(self._recovery_by_method(recovery, order), key=3),
+            _details("Per network", table_html(summary, key=2))]
+        reg = _read(files.get("metaregression"))
+        parts.append("<h3>Meta-regression of the SDM-style and hybrid maps</h3>")
+        parts.append(_na("Literature meta-regression table") if reg is None else _p(
+            "Voxelwise mixed-effects meta-regression on each study-level moderator, at the voxel "
+            "of largest |z|, with FWE p from permutations of the moderator across studies; "
+            "q: Benjamini-Hochberg FDR of the FWE p over all rows (networks \u00d7 "
+            "moderators \u00d7 methods), the multiplicity-corrected result to conclude from.",
+            "note") + table_html(reg, key=3))
+        return "".join(parts)
+
+    @staticmethod
+    def _recovery_by_method(recovery: pd.DataFrame, order) -> pd.DataFrame:
+        """One row per published finding, one column per method: found (distance, z) or not."""
+        def cell(row):
+            if not bool(row["found"]):
+                return "\u2717"
+            return (f"\u2713 {row['distance_mm']:.1f} mm, z "
+                    f"{format_value('statistic', row['statistic'])}")
+
+        recovery = recovery.assign(cell=recovery.apply(cell, axis=1))
+        wide = recovery.pivot_table(index=["finding", "network", "direction"], columns="method",
+                                    values="cell", aggfunc="first", sort=False)
+        return wide.reindex(columns=order).reset_index()
+
     def meta_vs_mega(self) -> str:
         flag = self.unconverged("pooled_table")
         table = _read(self.inputs.get("meta_vs_mega"))
@@ -1803,7 +2041,7 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
     write_table(comparison, comparison_tsv)
     sections = [rep.dataset_qc(), rep.published(comparison), rep.network_meta(),
                 rep.meta_regression(), rep.voxelwise(), rep.clinical(), rep.meta_vs_mega(),
-                rep.methods()]
+                rep.literature(), rep.methods()]
     citations = Path(citations or out_html.with_name("citations.bib"))
     write_text(citations_bib(rep.methods_text()), citations)
     write_text(_page(sections), out_html)
@@ -1828,7 +2066,8 @@ def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:
 
 
 def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
-                  excluded_inputs=None, harmonize: str = "none", space: str = SPACE) -> dict:
+                  excluded_inputs=None, harmonize: str = "none", space: str = SPACE,
+                  literature: bool = False) -> dict:
     """The ``inputs`` of :func:`build_report` at the standard output locations of each stage.
 
     Parameters
@@ -1846,6 +2085,9 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
         ``group.harmonize``; ``"combat"`` adds the ComBat pooled model's files.
     space : str
         The maps' template space (:func:`msnet.io.plan.analysis_space`).
+    literature : bool
+        Literature mode ran beside the image studies (:func:`msnet.literature.
+        literature_enabled`): adds its comparison, recovery and meta-regression tables.
 
     Returns
     -------
@@ -1886,6 +2128,11 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
         out["combat_shrinkage"] = str(pooled / f"{label}_desc-shrinkage_stats.tsv")
         out["combat_maps"] = {n: {k: str(pooled / map_name(f"{label}_network-{n}", k, space))
                                   for k in ("t", "logpfwe")} for n in networks}
+    if literature:  # msnet.literature beside the image studies
+        from msnet.literature import literature_outputs
+
+        lit = literature_outputs(r / "literature", networks, space, True, True)
+        out["literature"] = {k: lit[k] for k in ("comparison", "recovery", "metaregression")}
     return out
 
 

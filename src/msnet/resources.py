@@ -26,6 +26,10 @@ BRAIN_FRACTION = 0.27
 
 NETWORKS = 4
 
+LITERATURE_STUDIES = 50
+"""Studies assumed per literature meta-analysis (the tables are read by the job, not at
+planning); twice the reference meta-analysis's 25."""
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -76,7 +80,10 @@ def workload(config: dict, plan) -> Workload:
     runs differ in size should set the subject rule's resources in the config.
     """
     counts = plan.subjects["study_id"].value_counts()
-    if config["data"]["mode"] == "simulate":
+    if config["data"]["mode"] == "literature":  # no images: the literature grid
+        res = config["literature"]["resolution_mm"]
+        grid, n_volumes = math.prod(math.ceil(e / res) for e in MNI_EXTENT_MM), 0
+    elif config["data"]["mode"] == "simulate":
         res = config["simulate"]["resolution_mm"]
         grid = math.prod(math.ceil(e / res) for e in MNI_EXTENT_MM)
         from msnet import simulate
@@ -91,9 +98,10 @@ def workload(config: dict, plan) -> Workload:
         grid = max(math.prod(shape[:3]) for shape in shapes)
         n_volumes = max(shape[3] for shape in shapes)
     return Workload(
-        n_subjects=len(plan.subjects), max_study_subjects=int(counts.max()),
+        n_subjects=len(plan.subjects), max_study_subjects=int(counts.max()) if len(counts) else 0,
         n_studies=len(counts), grid_voxels=grid, n_volumes=n_volumes,
-        permutations={k: int(config[k]["n_permutations"]) for k in ("group", "clinical", "meta")},
+        permutations={k: int(config[k]["n_permutations"])
+                      for k in ("group", "clinical", "meta", "literature")},
         tfce=bool(config["group"].get("tfce")),
     )
 
@@ -148,6 +156,14 @@ def estimate(rule: str, w: Workload, n_subjects: int | None = None) -> dict:
                            1 + 1e-8 * w.permutations["meta"] * w.n_studies * w.mask_voxels),
         "meta_vs_mega": (300, 1),
         "build_report": (500 + 0.1 * w.n_subjects, 1 + w.n_subjects / 2000),
+        "publish_study_peaks": (400, 1),
+        # literature_meta: every network in one job (NiMARE is imported once); the study maps
+        # of up to LITERATURE_STUDIES studies per network, and per network and permutation 10
+        # refits (SDM-style and hybrid, sign flips and 4 moderators) at about 1 ns per study x
+        # voxel (the meta stage's compiled kernels), plus ALE and MKDA (seconds each)
+        "literature_meta": (600 + 4 * LITERATURE_STUDIES * w.mask_voxels * 8 / 1e6,
+                            2 + 10e-9 * LITERATURE_STUDIES * w.mask_voxels
+                            * w.permutations.get("literature", 1000) / 60),
     }
     if rule not in models:
         raise KeyError(f"no resource model for rule {rule!r}")

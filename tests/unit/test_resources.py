@@ -10,7 +10,7 @@ from msnet.resources import Workload, estimate, rule_resource, workload
 RULES = ["simulate_study", "simulate", "compute_subject_connectivity", "summarise_study_qc",
          "make_network_masks", "compare_groups_study", "compare_groups_pooled",
          "clinical_study", "clinical_pooled", "meta_networks", "meta_voxelwise",
-         "meta_vs_mega", "build_report"]
+         "meta_vs_mega", "build_report", "publish_study_peaks", "literature_meta"]
 
 
 def _workload(**changes):

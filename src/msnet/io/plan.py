@@ -97,6 +97,8 @@ def analysis_space(studies: pd.DataFrame) -> str:
     MsnetInputError
         When the studies name different spaces.
     """
+    if studies.empty:  # literature mode: published peaks only, in MNI space
+        return SPACE
     names = studies["space"].astype(str).str.partition(":")[0]
     spaces = sorted(set(names))
     if len(spaces) > 1:
@@ -337,9 +339,23 @@ def build_plan(config: dict, preflight: bool = True, cache=None) -> Plan:
     MsnetInputErrors
         Every problem found in the tables and files, one line each.
     """
+    if (config.get("literature") or {}).get("peaks_tsv"):
+        from msnet.literature import check_literature_tables
+
+        check_literature_tables(config)  # literature or mixed mode: the published studies
+    if config["data"]["mode"] == "literature":  # no image studies
+        return Plan(studies=pd.DataFrame(columns=STUDY_COLUMNS),
+                    subjects=pd.DataFrame(columns=SUBJECT_COLUMNS))
     if config["data"]["mode"] == "simulate":
         return _simulated_plan(config)
     return _fmriprep_plan(config, preflight, cache)
+
+
+STUDY_COLUMNS = ["study_id", "fmriprep_dir", "participants_tsv", "task", "space", "site"]
+"""Columns of :attr:`Plan.studies`."""
+SUBJECT_COLUMNS = ["study_id", "participant_id", "label", "group", "bold", "mask", "confounds",
+                   "lesion_mask"]
+"""Columns of :attr:`Plan.subjects`."""
 
 
 def record_excluded_inputs(records, path) -> None:
