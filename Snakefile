@@ -40,23 +40,36 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/simulate.smk"
-include: "workflow/rules/subject.smk"
-include: "workflow/rules/group.smk"
-include: "workflow/rules/clinical.smk"
-include: "workflow/rules/meta.smk"
-include: "workflow/rules/report.smk"
-include: "workflow/rules/derivatives.smk"
 
 
-# Bookkeeping rules (well under a second of work each) run on the submitting host, not as
-# cluster jobs: each SLURM job costs seconds of start-up and a scheduling round.
-localrules:
-    all,
-    describe_derivatives,
-    meta_vs_mega,
-    record_excluded_inputs,
-    summarise_study_qc,
+if config["data"]["mode"] == "literature":  # published peaks only: no image stages
+
+    include: "workflow/rules/literature.smk"
+    include: "workflow/rules/derivatives.smk"
+
+    localrules:
+        all,
+        describe_derivatives,
+
+else:
+
+    include: "workflow/rules/simulate.smk"
+    include: "workflow/rules/subject.smk"
+    include: "workflow/rules/group.smk"
+    include: "workflow/rules/clinical.smk"
+    include: "workflow/rules/meta.smk"
+    include: "workflow/rules/literature.smk"
+    include: "workflow/rules/report.smk"
+    include: "workflow/rules/derivatives.smk"
+
+    # Bookkeeping rules (well under a second of work each) run on the submitting host, not
+    # as cluster jobs: each SLURM job costs seconds of start-up and a scheduling round.
+    localrules:
+        all,
+        describe_derivatives,
+        meta_vs_mega,
+        record_excluded_inputs,
+        summarise_study_qc,
 
 
 if SIMULATE:

@@ -41,6 +41,10 @@ rule compare_groups_study:
             f"{GROUP_DIR}/study-{{{{study}}}}/{map_name('study-{{study}}_network-{net}', 'varg', SPACE)}",
             net=NETWORKS,
         ),
+        t=expand(
+            f"{GROUP_DIR}/study-{{{{study}}}}/{map_name('study-{{study}}_network-{net}', 't', SPACE)}",
+            net=NETWORKS,
+        ),
     log:
         f"{R}/logs/compare_groups_study/study-{{study}}.log",
     benchmark:

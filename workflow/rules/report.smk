@@ -11,6 +11,7 @@ REPORT_INPUTS = report_inputs(
     excluded_inputs=f"{R}/excluded_inputs.tsv",
     harmonize=config["group"]["harmonize"],
     space=SPACE,
+    literature=LITERATURE,
 )
 CAPTIONS = {
     "qc_overview": ("qc_overview.rst", "Dataset and QC"),
