@@ -95,7 +95,11 @@ if LITERATURE:
                 p for maps in LIT_IMAGE_MAPS.values() for g in maps.values() for p in g
             ],
             moderators=rules.meta_networks.output.moderators if STUDIES else [],
-            ibma=[p for maps in LIT_IBMA_MAPS.values() for p in maps.values()],
+            ibma=(
+                [p for maps in LIT_IBMA_MAPS.values() for p in maps.values()]
+                if STUDIES
+                else []
+            ),
         output:
             maps=[
                 p
