@@ -57,6 +57,7 @@ else:
     include: "workflow/rules/subject.smk"
     include: "workflow/rules/group.smk"
     include: "workflow/rules/clinical.smk"
+    include: "workflow/rules/nbs.smk"
     include: "workflow/rules/meta.smk"
     include: "workflow/rules/literature.smk"
     include: "workflow/rules/report.smk"

@@ -51,6 +51,7 @@ SECTIONS = (
     ("clinical", "Clinical associations"),
     ("meta-vs-mega", "Meta vs mega"),
     ("literature", "Coordinate-based and hybrid meta-analysis"),
+    ("edges", "Edge-level differences"),
     ("methods", "Methods"),
 )
 """(id, title) of the report's sections, in order; every id is an ``<h2 id=...>``."""
@@ -188,6 +189,9 @@ _REFS = (
               "Threshold-free cluster enhancement: addressing problems of smoothing, "
               "threshold dependence and localisation in cluster inference", "NeuroImage",
               2009, "44", "83-98", "10.1016/j.neuroimage.2008.03.061"),
+    Reference("zalesky2010", "Zalesky et al., 2010", ("Zalesky A", "Fornito A", "Bullmore ET"),
+              "Network-based statistic: identifying differences in brain networks",
+              "NeuroImage", 2010, "53", "1197-1207", "10.1016/j.neuroimage.2010.06.041"),
     Reference("benjamini1995", "Benjamini & Hochberg, 1995", ("Benjamini Y", "Hochberg Y"),
               "Controlling the false discovery rate: a practical and powerful approach to "
               "multiple testing", "Journal of the Royal Statistical Society: Series B", 1995,
@@ -780,6 +784,12 @@ def methods_text(config: dict, versions: dict | None = None,
         + (f"; voxelwise models of {_names(cl['voxelwise_variables'])} used "
            f"{_inference_text(cl)}." if cl["voxelwise_variables"] else "."))
     paras.append(_meta_text(m))
+    nbs = config.get("nbs") or {}
+    if nbs.get("enabled"):  # msnet.nbs ran: its paragraph, with its citations
+        from msnet.nbs import nbs_methods_text
+
+        paras.append(nbs_methods_text(nbs, g["covariates"], cl).format(
+            zalesky=_cite("zalesky2010"), winkler=_cite("winkler2014")))
     from msnet.literature import LITERATURE_DEFAULTS, literature_enabled
 
     if literature_enabled({**config, "data": {"mode": "simulate", **data}}):
@@ -1881,6 +1891,64 @@ class _Report:
                         "multiplicative_shrinkage: the same for the site variance).") \
             + table_html(shrink)
 
+    # ---------------------------------------------------------------- edges (NBS)
+    def edges(self) -> str:
+        """Edge-level differences (:mod:`msnet.nbs`): what the pooled models found, the two
+        figures, the pooled components and network pairs, and every model's row."""
+        paths = self.inputs.get("nbs")
+        if not paths:
+            return _p("The edge-level analysis was not run (nbs.enabled: false).")
+        from msnet.nbs import NBS_DEFAULTS, nbs_verdict
+
+        opts = {**NBS_DEFAULTS, **(self.config.get("nbs") or {})}
+        alpha = float(opts["alpha"])
+        analyses = _read(paths["analyses"])
+        if analyses is None:
+            return _na("NBS analyses table")
+        comps = _read(paths["components"])
+        pairs = _read(paths["networkpairs"])
+        edges = _read(paths["edges"])
+        parts = [_p(nbs_verdict(analyses, comps, edges, opts,
+                                self.config.get("simulate") if self.simulated else None))]
+        figs = paths.get("figures") or {}
+        for kind, caption in (
+                ("matrix", "Pooled NBS: edge t of each contrast, the 300 ROIs ordered by "
+                           "network (below the diagonal every edge, above it only the edges "
+                           f"of components with FWE p < {alpha:g}; red: positive t, i.e. "
+                           "MS > HC or rising with the clinical variable; blue: negative)."),
+                ("connectome", "Pooled NBS: the significant components on a glass brain "
+                               "(edges coloured by t, nodes by network).")):
+            entry = figs.get(kind) or {}
+            if _exists(entry.get("svg")):
+                parts.append(self.figure(entry, caption))
+            else:
+                parts.append(_na(f"NBS {kind} figure"))
+        if comps is not None:
+            pooled = comps[comps["study_id"].astype(str) == "pooled"]
+            shown = pooled[(pooled["significant"].astype(str).str.lower() == "true")
+                           | (pooled["n_edges"] >= 3)]
+            parts.append(f"<h3>Pooled components</h3>"
+                         + _p(f"Components of at least 3 edges or with FWE p < {alpha:g} "
+                              f"({len(shown)} of {len(pooled)}; the rest in "
+                              f"{Path(paths['components']).name}).", "note")
+                         + table_html(_cols(shown, ["contrast", "component", "direction",
+                                                    "n_edges", "n_nodes", "networks",
+                                                    "intensity", "p_fwe", "significant"]),
+                                      key=2))
+        if pairs is not None:
+            sig = pairs[(pairs["study_id"].astype(str) == "pooled") & (pairs["n_significant"] > 0)]
+            parts.append("<h3>Network pairs with significant edges (pooled)</h3>"
+                         + table_html(_cols(sig, ["contrast", "network_a", "network_b",
+                                                  "n_edges", "n_significant",
+                                                  "n_significant_positive",
+                                                  "n_significant_negative",
+                                                  "mean_t_significant", "mean_t"]), key=3))
+        parts.append(_details(f"Every NBS model ({len(analyses)})", table_html(_cols(
+            analyses, ["study_id", "contrast", "n", "n_ms", "n_hc", "df", "covariates",
+                       "n_edges", "n_supra_positive", "n_supra_negative", "n_components",
+                       "max_size", "min_p_fwe", "n_significant", "status", "reason"]), key=2)))
+        return "".join(parts)
+
     # ---------------------------------------------------------------- methods
     def methods(self) -> str:
         paras = self.methods_text().split("\n\n")
@@ -2041,7 +2109,7 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
     write_table(comparison, comparison_tsv)
     sections = [rep.dataset_qc(), rep.published(comparison), rep.network_meta(),
                 rep.meta_regression(), rep.voxelwise(), rep.clinical(), rep.meta_vs_mega(),
-                rep.literature(), rep.methods()]
+                rep.literature(), rep.edges(), rep.methods()]
     citations = Path(citations or out_html.with_name("citations.bib"))
     write_text(citations_bib(rep.methods_text()), citations)
     write_text(_page(sections), out_html)
@@ -2067,6 +2135,7 @@ def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:
 
 def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
                   excluded_inputs=None, harmonize: str = "none", space: str = SPACE,
+                  nbs: bool = False,
                   literature: bool = False) -> dict:
     """The ``inputs`` of :func:`build_report` at the standard output locations of each stage.
 
@@ -2085,6 +2154,9 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
         ``group.harmonize``; ``"combat"`` adds the ComBat pooled model's files.
     space : str
         The maps' template space (:func:`msnet.io.plan.analysis_space`).
+    nbs : bool
+        The edge-level analysis ran (``nbs.enabled``): adds ``nbs``, the files of
+        :func:`msnet.nbs.output_paths`.
     literature : bool
         Literature mode ran beside the image studies (:func:`msnet.literature.
         literature_enabled`): adds its comparison, recovery and meta-regression tables.
@@ -2120,6 +2192,10 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
     }
     out["meta_tables"].update(moderators=str(meta / "meta_desc-studies_moderators.tsv"),
                               forest=str(meta / "meta_desc-forest_data.tsv"))
+    if nbs:  # msnet.nbs: section "Edge-level differences"
+        from msnet.nbs import output_paths
+
+        out["nbs"] = output_paths(r / "nbs")
     if excluded_inputs:
         out["excluded_inputs"] = str(excluded_inputs)
     if harmonize == "combat":  # msnet.harmonize: the pooled model on ComBat-harmonised data

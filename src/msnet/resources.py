@@ -26,6 +26,9 @@ BRAIN_FRACTION = 0.27
 
 NETWORKS = 4
 
+NBS_EDGES = 44850
+"""Edges of the Seitzman 300-ROI matrix (:mod:`msnet.nbs`)."""
+
 LITERATURE_STUDIES = 50
 """Studies assumed per literature meta-analysis (the tables are read by the job, not at
 planning); twice the reference meta-analysis's 25."""
@@ -101,7 +104,7 @@ def workload(config: dict, plan) -> Workload:
         n_subjects=len(plan.subjects), max_study_subjects=int(counts.max()) if len(counts) else 0,
         n_studies=len(counts), grid_voxels=grid, n_volumes=n_volumes,
         permutations={k: int(config[k]["n_permutations"])
-                      for k in ("group", "clinical", "meta", "literature")},
+                      for k in ("group", "clinical", "meta", "literature", "nbs")},
         tfce=bool(config["group"].get("tfce")),
     )
 
@@ -156,6 +159,12 @@ def estimate(rule: str, w: Workload, n_subjects: int | None = None) -> dict:
                            1 + 1e-8 * w.permutations["meta"] * w.n_studies * w.mask_voxels),
         "meta_vs_mega": (300, 1),
         "build_report": (500 + 0.1 * w.n_subjects, 1 + w.n_subjects / 2000),
+        # nbs_analyses: every subject's 44,850 edges as float32 plus the engine's float64
+        # and float32 residuals, and a 128 MB batch; per permutation of a pooled contrast
+        # about 1.1 ns per subject x edge (the group stage's kernels), 3 contrasts
+        "nbs_analyses": (600 + w.n_subjects * NBS_EDGES * 16 / 1e6,
+                         2 + 3 * 1.1e-9 * w.n_subjects * NBS_EDGES
+                         * w.permutations.get("nbs", 5000) / 60),
         "publish_study_peaks": (400, 1),
         # literature_meta: every network in one job (NiMARE is imported once); the study maps
         # of up to LITERATURE_STUDIES studies per network, and per network and permutation 10

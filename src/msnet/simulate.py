@@ -102,6 +102,7 @@ SIM_DEFAULTS = {
     "amplitude_sd": 0.15,
     "map_noise_sd": 0.15,
     "site_effect": 0.0,
+    "edge_effect": 0.0,
 }
 """Default simulation config (the demo). See :data:`SIM_RANGES` for allowed values."""
 
@@ -126,6 +127,7 @@ SIM_RANGES = {
     "amplitude_sd": (0.0, 0.5),
     "map_noise_sd": (0.0, 0.5),
     "site_effect": (0.0, 1.0),
+    "edge_effect": (0.0, 0.9),
 }
 """Inclusive (min, max) of every numeric config key."""
 
@@ -728,6 +730,47 @@ def _percent_signal(cfg, grid, rng, maps, timecourses, motion, fields) -> np.nda
     return x
 
 
+EDGE_EFFECT_NETWORKS = ("DMN", "SMN")
+"""The network pair whose FC ``simulate.edge_effect`` lowers in MS (DMN-SMN hypo-connectivity)."""
+
+
+def edge_effect_timecourses(timecourses: np.ndarray, names, edge_effect: float) -> np.ndarray:
+    """Plant the edge-level MS effect (``simulate.edge_effect`` = r) in generating time courses.
+
+    The SMN course becomes ``-r * DMN + sqrt(1 - r^2) * SMN``: still unit variance, with a
+    population correlation of -r with the DMN course (0 in HC, whose courses are independent).
+    Every edge between a DMN and an SMN ROI of the 300-ROI matrix (the ROIs the network
+    templates are made of) therefore has lower FC in MS, while the network maps (amplitudes,
+    the published voxelwise findings) are unchanged: dual regression's stage 2 regresses on
+    all network courses together. The edges it lowers are those of
+    :func:`planted_edges`.
+
+    Parameters
+    ----------
+    timecourses : numpy.ndarray, shape (n_volumes, n_networks)
+        Unit-variance generating courses in the order of ``names``.
+    names : list of str
+        Network names (:attr:`Grid.names`).
+    edge_effect : float
+        r in [0, 0.9].
+    """
+    a, b = (list(names).index(n) for n in EDGE_EFFECT_NETWORKS)
+    out = timecourses.copy()
+    r = float(edge_effect)
+    out[:, b] = -r * timecourses[:, a] + np.sqrt(1.0 - r * r) * timecourses[:, b]
+    return out
+
+
+def planted_edges(rois: pd.DataFrame | None = None) -> np.ndarray:
+    """Whether each edge of the 300-ROI matrix (``numpy.triu_indices`` order) joins a DMN and
+    an SMN ROI: the edges ``simulate.edge_effect`` lowers in MS."""
+    rois = atlas.seitzman_rois() if rois is None else rois
+    net = rois["network"].to_numpy()
+    i, j = np.triu_indices(len(net), 1)
+    a, b = EDGE_EFFECT_NETWORKS
+    return ((net[i] == a) & (net[j] == b)) | ((net[i] == b) & (net[j] == a))
+
+
 def _scale_in_time(cfg, motion) -> np.ndarray:
     """Volume-wise multiplicative factor: non-steady-state brightening and spin-history drops."""
     n_time, n_dummy = motion.shape[0], cfg["n_dummy"]
@@ -786,6 +829,8 @@ def _simulate_subject(cfg, grid, row, deltas, rng, site=(0.0, 1.0)) -> SubjectSi
     maps, amplitude, factor = _subject_maps(cfg, grid, row, deltas, fields[:n_net], rng)
     maps = apply_site_effect(maps, grid.base_maps, *site)
     timecourses = _bandlimited(rng, n_time, n_net, cfg["tr"])
+    if row["group"] == "MS" and cfg["edge_effect"]:  # no draw: 0 gives the data of before
+        timecourses = edge_effect_timecourses(timecourses, grid.names, cfg["edge_effect"])
     motion = _motion_params(rng, n_time, bool(row["high_motion"]))
     x = _percent_signal(cfg, grid, rng, maps, timecourses, motion, fields[n_net:])
     bias = fields[n_net + _FIELDS["baseline"]]
@@ -1270,6 +1315,13 @@ def write_dataset_index(sim: dict, seed: int, out_dir) -> None:
         ],
         "findings": _findings_truth(cfg, seed),
         "clinical": _clinical_truth(cfg),
+        "edge_effect": {
+            "networks": list(EDGE_EFFECT_NETWORKS),
+            "correlation_ms": -float(cfg["edge_effect"]),
+            "correlation_hc": 0.0,
+            "model": "MS: SMN generating course = -r * DMN + sqrt(1 - r^2) * SMN, "
+                     "r = edge_effect; lowers the FC of every DMN-SMN ROI pair",
+        },
         "subjects_truth": "study-{study_id}/ground_truth_subjects.tsv",
         "subjects_truth_columns": {
             "amplitude_<network>": "subject amplitude a_sk (includes clinical_factor for "

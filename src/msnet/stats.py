@@ -1012,7 +1012,8 @@ def _null_p(observed, h0) -> np.ndarray:
 def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided: bool = True,
                  mask=None, cluster_forming_p: float | None = None, connectivity: int = 1,
                  tfce: bool = False, blocks=None, n_jobs: int = 1,
-                 batch_bytes: int = 2**28) -> PermutationResult:
+                 batch_bytes: int = 2**28, graph=None,
+                 cluster_threshold_t: float | None = None) -> PermutationResult:
     """Permutation inference for one regressor of a mass-univariate GLM (Freedman–Lane).
 
     Model ``Y = x b + Z c + e`` at every voxel. With ``Q`` an orthonormal basis of ``Z``,
@@ -1067,6 +1068,15 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
         scatter-add, cluster and TFCE passes.
     batch_bytes : int
         Memory budget of one batch of permutations.
+    graph : object, optional
+        What forms the clusters instead of the voxel grid of ``mask``: any object with the
+        :class:`VoxelGrid` methods ``clusters(t, threshold, two_sided)`` and
+        ``null_maxima(T, two_sided, threshold)`` over the V columns of ``Y``. The
+        Network-Based Statistic passes the graph of the matrix edges
+        (:class:`msnet.nbs.EdgeGraph`: components of supra-threshold edges that share a node).
+    cluster_threshold_t : float, optional
+        Cluster-forming threshold on t itself (on |t| when two-sided) instead of
+        ``cluster_forming_p`` (the NBS primary threshold).
 
     Returns
     -------
@@ -1098,10 +1108,14 @@ def permuted_glm(Y, tested, confounds, *, n_perm: int = 5000, seed=0, two_sided:
     res = PermutationResult(t=t0, p=p0, effect=num0 / sxx, sigma=np.sqrt(rss0 / df), df=df,
                             n_perm=int(n_perm), p_fwe=np.full(V, np.nan),
                             h0_max_t=np.zeros(0))
-    grid = VoxelGrid(mask, connectivity) if mask is not None else None
-    if (cluster_forming_p is not None or tfce) and grid is None:
+    grid = graph if graph is not None else (
+        VoxelGrid(mask, connectivity) if mask is not None else None)
+    if (cluster_forming_p is not None or cluster_threshold_t is not None or tfce) \
+            and grid is None:
         raise ValueError("cluster inference and TFCE need the voxel grid (mask)")
-    thr = cluster_threshold(cluster_forming_p, df, two_sided) if cluster_forming_p else None
+    thr = (float(cluster_threshold_t) if cluster_threshold_t is not None
+           else cluster_threshold(cluster_forming_p, df, two_sided) if cluster_forming_p
+           else None)
     if tfce:
         res.tfce = grid.tfce(t0, two_sided)
     if n_perm <= 0:

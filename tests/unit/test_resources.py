@@ -10,7 +10,8 @@ from msnet.resources import Workload, estimate, rule_resource, workload
 RULES = ["simulate_study", "simulate", "compute_subject_connectivity", "summarise_study_qc",
          "make_network_masks", "compare_groups_study", "compare_groups_pooled",
          "clinical_study", "clinical_pooled", "meta_networks", "meta_voxelwise",
-         "meta_vs_mega", "build_report", "publish_study_peaks", "literature_meta"]
+         "meta_vs_mega", "build_report", "publish_study_peaks", "literature_meta",
+         "nbs_analyses"]
 
 
 def _workload(**changes):
@@ -127,3 +128,11 @@ def test_real_data_workload_takes_the_largest_study_run(tmp_path):
     config["data"]["mode"] = "fmriprep"
     w = workload(config, SimpleNamespace(subjects=subjects))
     assert (w.grid_voxels, w.n_volumes, w.n_studies, w.max_study_subjects) == (180, 80, 2, 2)
+
+
+def test_nbs_request_grows_with_subjects_and_its_permutations():
+    small = _workload(permutations={"group": 1000, "clinical": 1000, "meta": 500, "nbs": 250})
+    big = _workload(n_subjects=2410, permutations={"group": 1000, "clinical": 1000, "meta": 500,
+                                                   "nbs": 5000})
+    assert estimate("nbs_analyses", big)["mem_mb"] > 2 * estimate("nbs_analyses", small)["mem_mb"]
+    assert estimate("nbs_analyses", big)["runtime"] > 10 * estimate("nbs_analyses", small)["runtime"]

@@ -11,6 +11,7 @@ REPORT_INPUTS = report_inputs(
     excluded_inputs=f"{R}/excluded_inputs.tsv",
     harmonize=config["group"]["harmonize"],
     space=SPACE,
+    nbs=config["nbs"]["enabled"],
     literature=LITERATURE,
 )
 CAPTIONS = {
