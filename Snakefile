@@ -59,6 +59,7 @@ else:
     include: "workflow/rules/clinical.smk"
     include: "workflow/rules/nbs.smk"
     include: "workflow/rules/meta.smk"
+    include: "workflow/rules/qcfc.smk"
     include: "workflow/rules/literature.smk"
     include: "workflow/rules/report.smk"
     include: "workflow/rules/derivatives.smk"

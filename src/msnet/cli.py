@@ -145,13 +145,15 @@ def _cmd_subject(args) -> int:
               "files there will be newer than the workflow's later outputs, and the next "
               "snakemake run re-runs every job downstream of this subject.", file=sys.stderr)
     paths = subject_outputs(out, args.study, row["label"], config["connectivity"]["seed_maps"],
-                            config["qc"]["subject_pages"], analysis_space(plan.studies))
+                            config["qc"]["subject_pages"], analysis_space(plan.studies),
+                            config["qcfc"]["enabled"])
     qc = compute_subject_connectivity(
         study["fmriprep_dir"], pid, paths, denoise_options=config["denoise"],
         qc_options=config["qc"], connectivity_options=config["connectivity"],
         task=study["task"], space=study["space"], multi_run=config["data"]["multi_run"],
         lesion_mask=row["lesion_mask"], study_id=args.study,
         threads=config["resources"]["compute_subject_connectivity"].get("threads", 1),
+        qcfc_options=config["qcfc"],
     )
     verdict = "included" if qc["include"] else f"excluded: {qc['exclusion_reason']}"
     print(f"{pid} ({args.study}) {verdict}; outputs in {Path(paths['qc']).parent}")

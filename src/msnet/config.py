@@ -200,6 +200,9 @@ def _cross_key_problems(config: dict, source: str) -> list:
             "network level. Add them to clinical.variables or remove them from "
             "clinical.voxelwise_variables."
         )
+    from msnet.qcfc import config_problems as qcfc_problems
+
+    problems += [f"{source}: {problem}" for problem in qcfc_problems(config)]
     denoise = config.get("denoise", {})
     low, high = denoise.get("low_pass"), denoise.get("high_pass")
     if low is not None and high is not None and low <= high:

@@ -1029,6 +1029,7 @@ def compute_subject_connectivity(
     lesion_mask=None,
     study_id=None,
     threads: int | None = None,
+    qcfc_options: dict | None = None,
 ) -> dict:
     """Subject stage: find files, denoise, QC, network connectivity, write every output.
 
@@ -1058,6 +1059,11 @@ def compute_subject_connectivity(
     threads : int or None
         BLAS/OpenMP threads (the job's ``threads``; see :func:`thread_limits`); None leaves
         the thread pools as they are.
+    qcfc_options : dict or None
+        The ``qcfc`` config section. With a ``qcfc`` entry in ``out_paths``, the subject's
+        edge FC and tDOF loss under every QC-FC strategy are written there
+        (:mod:`msnet.qcfc`): the ROI means of the uncleaned BOLD are kept while it is read,
+        and each strategy cleans those (no second read of the BOLD).
 
     Returns
     -------
@@ -1079,21 +1085,49 @@ def compute_subject_connectivity(
                 f"multi_run is {multi_run!r} but denoise options say "
                 f"{denoise_options['multi_run']!r}; set one value."
             )
+        strategies = None
+        if out_paths.get("qcfc"):
+            from msnet import qcfc
+
+            strategies = qcfc.resolve_strategies(qcfc_options, denoise_options)
         t0, c0 = time.perf_counter(), time.process_time()
         logger.info("%s: finding files in %s", participant_id, fmriprep_dir)
         files = find_subject_files(fmriprep_dir, participant_id, task, space, multi_run)
+        extra = {} if strategies is None else {"roi_membership": _roi_membership(opts)}
         cleaned = clean_subject(files, denoise_options, qc_options or {}, lesion_mask=lesion_mask,
                                 progress=lambda message: logger.info("%s: %s", participant_id, message),
-                                threads=threads)
+                                threads=threads, **extra)
         logger.info("%s: denoised (%.1f s)", participant_id, time.perf_counter() - t0)
         result = subject_connectivity(cleaned, opts)
         if study_id is not None:
             result.qc["study_id"] = study_id
         result.qc.setdefault("participant_id", participant_id)
+        if strategies is not None:
+            c1 = time.process_time()
+            edges = qcfc.subject_edges(cleaned, strategies, result.relmat.to_numpy())
+            qcfc.write_subject_edges(edges, out_paths["qcfc"], strategies)
+            logger.info("%s: QC-FC edges of %d strategies (%.2f s CPU)%s", participant_id,
+                        len(strategies), time.process_time() - c1,
+                        "".join(f"; {n}: {r}" for n, r in zip(edges["strategies"], edges["reason"])
+                                if r))
         write_subject_outputs(result, out_paths)
         logger.info("%s: done (%.1f s, %.1f s CPU)", participant_id, time.perf_counter() - t0,
                     time.process_time() - c0)
         return _json_safe(result.qc)
+
+
+def _roi_membership(opts: dict):
+    """For :func:`msnet.denoise.clean_subject`: the Seitzman spheres over an analysis mask,
+    built exactly as :func:`roi_timeseries` builds them, so the ROI means are the same."""
+    rois = atlas.seitzman_rois()
+    radius = rois["radius"].to_numpy(float) if opts["roi_radius_mm"] is None else float(
+        opts["roi_radius_mm"])
+
+    def membership(mask_img):
+        return sphere_membership(mask_img, rois[["x", "y", "z"]].to_numpy(float), radius,
+                                 opts["roi_max_fallback_mm"])[0]
+
+    return membership
 
 
 def compute_subjects(subjects: list, options: dict, threads: int | None = None) -> list:
@@ -1108,7 +1142,8 @@ def compute_subjects(subjects: list, options: dict, threads: int | None = None) 
         Per subject: ``fmriprep_dir``, ``participant_id``, ``out_paths``, ``task``, ``space``,
         ``lesion_mask`` (path or None) and ``study_id``.
     options : dict
-        ``denoise``, ``qc``, ``connectivity`` (config sections) and ``multi_run``.
+        ``denoise``, ``qc``, ``connectivity`` (config sections), ``multi_run`` and, with
+        QC-FC outputs in the subjects' ``out_paths``, ``qcfc``.
     threads : int or None
         The job's threads (see :func:`thread_limits`).
 
@@ -1134,6 +1169,7 @@ def compute_subjects(subjects: list, options: dict, threads: int | None = None) 
                     connectivity_options=options["connectivity"], task=subject["task"],
                     space=subject["space"], multi_run=options["multi_run"],
                     lesion_mask=subject["lesion_mask"], study_id=subject["study_id"],
+                    qcfc_options=options.get("qcfc"),
                 ))
     return results
 

@@ -42,7 +42,7 @@ mirror kept), the two agree to float32 precision; the tests check both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -129,6 +129,10 @@ class CleanedBold:
     qc_traces : msnet.qcpage.QcTraces or None
         FD, DVARS, censoring and a few hundred voxels' raw and cleaned series: what the
         subject's QC page draws (:mod:`msnet.qcpage`).
+    runs : list of RunSignals
+        Per run, the ROI means of the smoothed, not yet cleaned BOLD with the run's
+        (completed) confounds table, when :func:`clean_subject` was given ``roi_membership``
+        (else empty): what :func:`clean_signals` denoises again with other strategies.
     """
 
     data: np.ndarray | None
@@ -140,6 +144,73 @@ class CleanedBold:
     voxel_mean: np.ndarray | None = None
     flat_voxels: np.ndarray | None = None
     qc_traces: object = None
+    runs: list = field(default_factory=list)
+
+
+@dataclass
+class RunSignals:
+    """One run's ROI signals before cleaning, with what cleaning them again needs.
+
+    Attributes
+    ----------
+    raw : numpy.ndarray
+        (n_volumes, n_rois) float64: the mean of the smoothed BOLD (before any temporal
+        cleaning, dummy volumes included) over each ROI's voxels; NaN for an ROI without
+        voxels.
+    table : pandas.DataFrame
+        The run's confounds, with FD and DVARS completed as the subject stage completed them.
+    meta : dict or None
+        The confounds JSON sidecar.
+    source : Path
+        The confounds TSV (for messages).
+    n_dummy : int
+        Non-steady-state volumes at the start of the run.
+    """
+
+    raw: np.ndarray
+    table: object
+    meta: dict | None
+    source: Path
+    n_dummy: int
+
+    @property
+    def columns(self) -> dict:
+        """The confounds as column name -> float64 array (built once)."""
+        if not hasattr(self, "_columns"):
+            self._columns = confound_columns(self.table)
+        return self._columns
+
+
+@dataclass
+class StrategySignals:
+    """ROI signals of one subject cleaned with one denoising strategy (:func:`clean_signals`).
+
+    Attributes
+    ----------
+    series : numpy.ndarray or None
+        (n_kept, n_rois) float64, runs concatenated; None when no run could be cleaned.
+    n_regressors : int
+        Confound regressors projected out (the rank of each run's standardised confound
+        matrix, summed over the usable runs).
+    n_censored : int
+        Post-dummy volumes the strategy removed (censoring), usable runs.
+    n_volumes : int
+        Post-dummy volumes of the usable runs.
+    reason : str or None
+        Why no run (or a run) could be cleaned.
+    """
+
+    series: np.ndarray | None
+    n_regressors: int
+    n_censored: int
+    n_volumes: int
+    reason: str | None = None
+
+    @property
+    def tdof_loss(self) -> int:
+        """Temporal degrees of freedom lost: regressors + censored volumes (Parkes et al.
+        2018; Ciric et al. 2017). Dummy volumes and the band-pass filter are not counted."""
+        return self.n_regressors + self.n_censored
 
 
 class _Unprocessable(Exception):
@@ -237,8 +308,10 @@ def select_confounds(table, meta, opts: dict, source: Path):
 
     Parameters
     ----------
-    table : pandas.DataFrame
-        Harmonised confounds (with ``framewise_displacement`` and ``std_dvars``).
+    table : pandas.DataFrame or dict
+        Harmonised confounds (with ``framewise_displacement`` and ``std_dvars``), or the same
+        as column name -> float64 array (:func:`confound_columns`; faster when one table is
+        selected from several times).
     meta : dict or None
         Companion JSON (CompCor metadata).
     opts : dict
@@ -256,20 +329,28 @@ def select_confounds(table, meta, opts: dict, source: Path):
         Indices of the kept volumes (all volumes when nothing is removed).
     """
     _check_compcor_sidecar(meta, opts, source)
+    columns = confound_columns(table)
     try:
-        conf, sample_mask = nilearn_load_confounds(table, meta, load_confounds_kwargs(opts))
+        conf, sample_mask = nilearn_load_confounds(columns, meta, load_confounds_kwargs(opts))
     except (KeyError, ValueError) as exc:
         raise MsnetInputError(
             f"Confounds table {source} lacks what denoise strategy {opts['strategy']!r} needs: "
             f"{exc.args[0] if exc.args else exc} Pick a strategy/option the table supports "
             "(e.g. compcor needs fMRIPrep >= 1.4)."
         ) from exc
-    n = len(table)
+    n = len(next(iter(columns.values()))) if columns else 0
     sample_mask = np.arange(n) if sample_mask is None else np.asarray(sample_mask, dtype=int)
     if conf is None or conf.shape[1] == 0:
         return None, [], sample_mask
-    _check_finite_confounds(conf, table, opts, source)
+    _check_finite_confounds(conf, columns, opts, source)
     return conf.to_numpy(dtype=float), list(conf.columns), sample_mask
+
+
+def confound_columns(table) -> dict:
+    """A confounds table as column name -> float64 array (a dict is returned as it is)."""
+    if isinstance(table, dict):
+        return table
+    return {c: table[c].to_numpy(dtype=np.float64) for c in table.columns}
 
 
 def nilearn_load_confounds(table, meta, kwargs: dict):
@@ -291,8 +372,8 @@ def nilearn_load_confounds(table, meta, kwargs: dict):
 
     Parameters
     ----------
-    table : pandas.DataFrame
-        Harmonised confounds table.
+    table : pandas.DataFrame or dict
+        Harmonised confounds table (or :func:`confound_columns` of it).
     meta : dict or None
         Its JSON sidecar.
     kwargs : dict
@@ -309,12 +390,15 @@ def nilearn_load_confounds(table, meta, kwargs: dict):
 
     kwargs = {**_LOAD_CONFOUNDS_DEFAULTS, **kwargs}
     strategy = tuple(kwargs["strategy"])
-    raw = pd.DataFrame({c: table[c].to_numpy(dtype=np.float64) for c in table.columns})
-    frames = [raw[[c for c in raw.columns if "non_steady_state" in c]]]
+    # numpy columns instead of nilearn's DataFrame operations (the same selection and values;
+    # a subject's QC-FC strategies select confounds several times, msnet.qcfc)
+    raw = confound_columns(table)
+    selected = [c for c in raw if "non_steady_state" in c]  # names, in nilearn's frame order
+    extra = {}  # scrubbing regressors
     missing_params, missing_keywords = [], []
 
     def found(params):  # nilearn's check_params_confounds: False, True or the absent ones
-        absent = [c for c in params if c not in raw.columns]
+        absent = [c for c in params if c not in raw]
         return False if len(absent) == len(params) else (absent or True)
 
     for component in strategy:
@@ -330,48 +414,55 @@ def nilearn_load_confounds(table, meta, kwargs: dict):
             check = found(params)
             if component == "motion" and isinstance(check, list):
                 missing_params += check
+            elif isinstance(check, list):  # a partial set: pandas' KeyError in nilearn
+                raise KeyError(f"{check} not in index")
             elif check:
-                frames.append(raw[params])  # a partial set fails here (KeyError), as in nilearn
+                selected += params
             else:
                 missing_keywords.append(component)
         elif component == "high_pass":
-            frames.append(raw[[c for c in raw.columns if "cosine" in c]])
+            selected += [c for c in raw if "cosine" in c]
         elif component == "ica_aroma":
             if kwargs["ica_aroma"] == "basic":
-                aroma = [c for c in raw.columns if "aroma" in c]
+                aroma = [c for c in raw if "aroma" in c]
                 if aroma:
-                    frames.append(raw[aroma])
+                    selected += aroma
                 else:
                     missing_keywords.append(component)
         elif component == "scrub":
-            frames.append(_scrub_regressors(raw, kwargs["scrub"], kwargs["fd_threshold"],
-                                            kwargs["std_dvars_threshold"]))
+            extra = _scrub_regressors(raw, kwargs["scrub"], kwargs["fd_threshold"],
+                                      kwargs["std_dvars_threshold"])
+            selected += list(extra)
         else:
             raise ValueError(f"unknown confound component {component!r}")
     if missing_params or missing_keywords:
         raise ValueError(f"The following keywords or parameters are missing: {missing_params} "
                          f"{missing_keywords}. You may want to try a different denoising strategy.")
-    selected = pd.concat(frames, axis=1)
-    outlier_cols = sorted({c for c in selected.columns if "motion_outlier" in c or "non_steady_state" in c})
-    keep_cols = sorted(set(selected.columns) - set(outlier_cols))
+    columns = {**raw, **extra}
+    outlier_cols = sorted({c for c in selected if "motion_outlier" in c or "non_steady_state" in c})
+    keep_cols = sorted(set(selected) - set(outlier_cols))
     sample_mask = None
+    n = len(next(iter(raw.values()))) if raw else 0
     if outlier_cols:
-        outliers = selected.loc[:, outlier_cols].T.drop_duplicates().T
-        sample_mask = np.where(outliers.sum(axis=1).to_numpy() == 0)[0]
-    confounds = selected.loc[:, keep_cols]
-    if confounds.size != 0:
-        first_na = np.isnan(confounds.to_numpy()[0, :])
-        confounds.iloc[0, first_na] = confounds.iloc[1, first_na]
+        # nilearn: outliers.T.drop_duplicates().T, then the rows summing to 0 (NaN skipped)
+        outliers = np.column_stack([columns[c] for c in selected if c in outlier_cols])
+        sample_mask = np.where(np.nansum(np.unique(outliers, axis=1), axis=1) == 0)[0]
+    names = [c for c in keep_cols for _ in range(selected.count(c))]  # pandas .loc keeps repeats
+    values = (np.column_stack([columns[c] for c in names]) if names
+              else np.zeros((n, 0))).astype(np.float64, copy=True)
+    if values.size != 0:
+        first_na = np.isnan(values[0, :])
+        values[0, first_na] = values[1, first_na]
         if sample_mask is None:  # sklearn.preprocessing.scale(with_std=False)
-            values = np.array(confounds, dtype=np.float64)
             values -= np.nanmean(values, axis=0)
             residual = np.nanmean(values, axis=0)
             if not np.allclose(residual, 0):
                 values -= residual
-            confounds = pd.DataFrame(values, columns=keep_cols)
-        else:
-            confounds = confounds - confounds.iloc[sample_mask, :].mean(axis=0)
-            confounds = pd.DataFrame(confounds, columns=keep_cols)
+        elif sample_mask.size:
+            values -= np.nanmean(values[sample_mask], axis=0)
+        else:  # every volume censored: pandas' mean of no rows is NaN (cleaning then stops)
+            values[:] = np.nan
+    confounds = pd.DataFrame(values, columns=names)
     return (None if not strategy else confounds), sample_mask
 
 
@@ -382,21 +473,24 @@ _LOAD_CONFOUNDS_DEFAULTS = {
 """Defaults of nilearn 0.13's ``load_confounds`` arguments."""
 
 
-def _scrub_regressors(raw, scrub: int, fd_threshold: float, std_dvars_threshold: float):
+def _scrub_regressors(raw: dict, scrub: int, fd_threshold: float,
+                      std_dvars_threshold: float) -> dict:
     """nilearn's ``_load_scrub``: one-hot ``motion_outlier_<k>`` columns of the censored
     volumes (FD or standardised DVARS above threshold, then segments shorter than ``scrub``
-    volumes and the run's short ends)."""
-    import pandas as pd
-
-    n_scans = len(raw)
-    fd = np.where(raw["framewise_displacement"] > fd_threshold)[0]
-    dvars = np.where(raw["std_dvars"] > std_dvars_threshold)[0]
+    volumes and the run's short ends), as name -> array."""
+    n_scans = len(raw["framewise_displacement"])
+    with np.errstate(invalid="ignore"):
+        fd = np.where(raw["framewise_displacement"] > fd_threshold)[0]
+        dvars = np.where(raw["std_dvars"] > std_dvars_threshold)[0]
     index = np.sort(np.unique(np.concatenate((fd, dvars))))
     if scrub > 0 and len(index) > 0:
         index = _optimize_scrub(index, n_scans, scrub)
-    regressors = pd.DataFrame(np.transpose(np.eye(n_scans)[index]).astype(int))
-    regressors.columns = [f"motion_outlier_{k}" for k in range(regressors.shape[1])]
-    return regressors
+    out = {}
+    for k, volume in enumerate(index):
+        column = np.zeros(n_scans)
+        column[volume] = 1.0
+        out[f"motion_outlier_{k}"] = column
+    return out
 
 
 def _optimize_scrub(index: np.ndarray, n_scans: int, scrub: int) -> np.ndarray:
@@ -430,13 +524,15 @@ def _check_finite_confounds(conf, table, opts: dict, source: Path) -> None:
     """Refuse selected regressors holding n/a beyond what fMRIPrep writes (the first row of
     derivative columns, which nilearn fills from the second): a regressor with missing values
     cannot be projected out (and would fail deep inside the interpolation)."""
-    bad = [c for c in conf.columns if c in table and _na_after_first(table, c)]
+    table = confound_columns(table)
+    bad = [c for c in conf.columns if c in table and np.isnan(table[c][1:]).any()]
     if not bad:
         return
     details = []
     for col in bad[:5]:
-        na = np.flatnonzero(table[col].isna().to_numpy())
-        where = (f"in all {len(table)} rows" if na.size == len(table) else
+        na = np.flatnonzero(np.isnan(table[col]))
+        n_rows = len(table[col])
+        where = (f"in all {n_rows} rows" if na.size == n_rows else
                  f"at volume(s) {', '.join(map(str, na[:10]))}" + (" ..." if na.size > 10 else ""))
         details.append(f"'{col}' is n/a {where}")
     raise MsnetInputError(
@@ -570,6 +666,7 @@ def _dummy_count(table) -> int:
 # ---------------------------------------------------------------- temporal operator
 
 
+@lru_cache(maxsize=32)
 def _butterworth_sos(tr: float, high_pass, low_pass):
     """Second-order sections of nilearn's Butterworth filter (None: no filtering).
 
@@ -595,7 +692,9 @@ def _butterworth_sos(tr: float, high_pass, low_pass):
         btype, wn = "band", freqs
     else:
         btype, wn = ("high" if high_pass is not None else "low"), freqs[0]
-    return _butter_sos(BUTTERWORTH_ORDER, wn, btype, fs)
+    sos = _butter_sos(BUTTERWORTH_ORDER, wn, btype, fs)
+    sos.flags.writeable = False  # cached: shared by every call with these arguments
+    return sos
 
 
 # Butterworth design and zero-phase filtering: ports of scipy.signal's butter (second-order
@@ -871,6 +970,7 @@ def cleaning_operator(
     high_pass=None,
     low_pass=None,
     standardize_confounds: bool = True,
+    info: dict | None = None,
 ) -> np.ndarray:
     """Matrix ``M`` such that ``M @ signals`` is ``nilearn.signal.clean(signals, ...)``.
 
@@ -888,6 +988,9 @@ def cleaning_operator(
         (n_volumes, n_regressors).
     tr, detrend, high_pass, low_pass, standardize_confounds
         As in ``nilearn.signal.clean``.
+    info : dict, optional
+        Receives ``n_regressors``: the confound regressors projected out (the rank the
+        pivoted QR keeps; 0 without confounds).
 
     Returns
     -------
@@ -958,6 +1061,8 @@ def cleaning_operator(
                 f"{q.shape[1]} confound regressors"
             )
         signals = signals - q @ (q.T @ signals)
+    if info is not None:
+        info["n_regressors"] = 0 if conf is None else int(q.shape[1])
     return signals
 
 
@@ -1310,7 +1415,7 @@ class _TsnrSums:
 
 
 def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mask=None,
-                  progress=None, threads: int | None = None) -> CleanedBold:
+                  progress=None, threads: int | None = None, roi_membership=None) -> CleanedBold:
     """Denoise one subject's BOLD run(s) and compute its QC.
 
     Each BOLD file is decompressed once; raw in-mask values feed tSNR (and DVARS when the
@@ -1332,6 +1437,12 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
     threads : int, optional
         Threads smoothing the volumes (scipy.ndimage releases the GIL; default 1). The BOLD
         is always decompressed in one background thread.
+    roi_membership : callable, optional
+        Called with the analysis mask image; returns a sparse (n_rois, n_voxels) membership
+        matrix (:func:`msnet.connectivity.sphere_membership`). The ROI means of each run's
+        smoothed BOLD before cleaning are then kept in ``CleanedBold.runs``, so that other
+        denoising strategies can be applied to them without reading the BOLD again
+        (:func:`clean_signals`).
 
     Returns
     -------
@@ -1363,9 +1474,10 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
     for run, (table, meta) in zip(runs, tables):  # before the BOLD is read; as the preflight does
         check_confounds_columns(table.columns, meta, opts, run.confounds)
     results, offset = [], 0
+    membership = None if roi_membership is None else roi_membership(grid.image(grid.analysis))
     for run, path, img, (table, meta), run_mask in zip(runs, bolds, images, tables, grid.run_masks):
         results.append(_clean_run(run, path, img, table, meta, run_mask, grid.brain, grid.analysis, opts,
-                                  files.tr, say, threads))
+                                  files.tr, say, threads, membership))
         results[-1].sample_mask += offset
         offset += img.shape[3]
     qc = _subject_qc(files, results, grid, opts, qopts)
@@ -1384,6 +1496,7 @@ def clean_subject(files: SubjectFiles, options=None, qc_options=None, lesion_mas
         voxel_mean=np.mean(means, axis=0) if means else None,
         flat_voxels=flat,
         qc_traces=traces,
+        runs=[r.signals for r in results if r.signals is not None],
     )
 
 
@@ -1457,13 +1570,14 @@ class _RunResult:
     full_series: dict  # every volume's framewise_displacement, dvars, std_dvars (QC page)
     carpet_raw: np.ndarray | None = None  # raw / cleaned values at the QC page's carpet
     carpet_clean: np.ndarray | None = None  # voxels (msnet.qcpage.carpet_voxels)
+    signals: RunSignals | None = None  # ROI means before cleaning (other strategies)
 
 
 _SERIES = ("framewise_displacement", "dvars", "std_dvars")
 
 
 def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr, say,
-               threads=None) -> _RunResult:
+               threads=None, membership=None) -> _RunResult:
     """Read, (complete the confounds of) and clean one run; unprocessable -> cleaned=None."""
     n_vol = img.shape[3]
     sources = {"fd_source": "confounds", "dvars_source": "confounds"}
@@ -1494,16 +1608,87 @@ def _clean_run(run, path, img, table, meta, run_mask, brain, analysis, opts, tr,
             "fd_na_volumes": fd_na, **qcmod.motion_metrics(*series.values(), 0)}
     say(f"cleaning {path.name}: {len(names)} confounds, {sample_mask.size}/{n_vol} volumes kept")
     try:
+        rank = {}
         operator = cleaning_operator(n_vol, sample_mask, confounds, tr, opts["detrend"], opts["high_pass"],
-                                     opts["low_pass"], opts["standardize_confounds"])
+                                     opts["low_pass"], opts["standardize_confounds"], rank)
+        info["n_regressors"] = rank["n_regressors"]  # the tDOF the regression used (msnet.qcfc)
         cleaned = _apply_operator(operator, data.smoothed)
     except _Unprocessable as exc:
         cleaned = None  # n_kept stays what censoring kept: the run is unusable for another reason
         info.update(usable=False, excluded_reason=str(exc))
     mean = data.smoothed[n_dummy:].mean(axis=0, dtype=np.float64)
     full = {c: table[c].to_numpy(dtype=float) for c in _SERIES}
+    signals = None
+    if membership is not None:  # cleaning is linear and the same for every voxel: it commutes
+        from msnet.connectivity import sphere_means  # with the ROI mean (clean_signals)
+
+        signals = RunSignals(sphere_means(data.smoothed, membership), table, meta,
+                             Path(run.confounds), n_dummy)
     return _RunResult(info, cleaned, sample_mask, names, series, data.tsnr_sums, sources, mean, full,
-                      data.raw_carpet, None if cleaned is None else cleaned[:, carpet])
+                      data.raw_carpet, None if cleaned is None else cleaned[:, carpet], signals)
+
+
+def clean_signals(runs, options, tr: float) -> StrategySignals:
+    """Clean a subject's ROI signals (``CleanedBold.runs``) with one denoising strategy.
+
+    The temporal cleaning of :func:`clean_subject` is one matrix ``M`` (n_kept x n_volumes,
+    :func:`cleaning_operator`) applied to every voxel's series, and an ROI's signal is the
+    mean of its voxels' series, a fixed linear combination. So ``mean(M @ voxels) ==
+    M @ mean(voxels)``: cleaning the ROI means of the uncleaned BOLD gives, to rounding,
+    the ROI series of the voxelwise-cleaned data that the subject stage extracts
+    (:func:`msnet.connectivity.roi_timeseries`), with the BOLD read once for any number of
+    strategies. What this needs, and where it stops holding:
+
+    * every strategy sees the same voxels: the analysis mask (brain mask(s) minus lesion),
+      the same smoothing (``smoothing_fwhm``) and the same runs (``multi_run``), so those
+      keys cannot differ between strategies, and ``ica_aroma`` (another BOLD file) cannot
+      be one;
+    * the voxelwise route stores the cleaned data as float32, this one keeps float64: the
+      ROI series differ by float32 rounding (about 1e-7 relative), the Fisher z by about
+      1e-6;
+    * a voxel-level nonlinearity before averaging would break it (e.g. nilearn's
+      ``standardize`` of each voxel before a masker averages them); msnet standardises
+      nothing before the ROI mean.
+
+    Parameters
+    ----------
+    runs : list of RunSignals
+        From ``CleanedBold.runs``.
+    options : dict
+        Denoise options of the strategy (:func:`resolve_options`).
+    tr : float
+        Repetition time (s).
+
+    Returns
+    -------
+    StrategySignals
+
+    Raises
+    ------
+    MsnetInputError
+        The confounds table lacks what the strategy needs.
+    """
+    opts = resolve_options(options)
+    parts, reasons = [], []
+    n_reg = n_cens = n_post = 0
+    for run in runs:
+        check_confounds_columns(run.columns, run.meta, opts, run.source)
+        confounds, _, sample_mask = select_confounds(run.columns, run.meta, opts, run.source)
+        n_vol = run.raw.shape[0]
+        info = {}
+        try:
+            operator = cleaning_operator(n_vol, sample_mask, confounds, tr, opts["detrend"],
+                                         opts["high_pass"], opts["low_pass"],
+                                         opts["standardize_confounds"], info)
+        except _Unprocessable as exc:
+            reasons.append(f"{run.source.name}: {exc}")
+            continue
+        parts.append(operator @ run.raw)
+        n_reg += info["n_regressors"]
+        n_post += n_vol - run.n_dummy
+        n_cens += n_vol - run.n_dummy - int(np.count_nonzero(sample_mask >= run.n_dummy))
+    return StrategySignals(np.concatenate(parts) if parts else None, n_reg, n_cens, n_post,
+                           "; ".join(reasons) or None)
 
 
 def _subject_qc(files, results, grid, opts, qopts) -> dict:

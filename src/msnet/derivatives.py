@@ -312,6 +312,58 @@ COLUMNS = {
     "statistic": _c("Statistic at msnet's peak (t for mega, z for meta)."),
     "peak_label": _c("Harvard-Oxford label at msnet's peak."),
     "p_fwe": _c("FWE-corrected p at msnet's peak."),
+    # ---------------------------------------------------------------- QC-FC (msnet.qcfc)
+    "strategy": _c("Denoising strategy of the row (qcfc.strategies; 'main' or the matching "
+                   "listed name: the main analysis's denoise section)."),
+    "main": _c("Whether the strategy is the main analysis's (the denoise section).",
+               levels={"True": "main analysis", "False": "comparison strategy"}),
+    "options": _c("The strategy's confounds and censoring, in words."),
+    "pct_sig_uncorrected": _c("Edges whose QC-FC has p < qcfc.alpha, uncorrected (qcfc.alpha "
+                              "x 100 % expected by chance).", "%"),
+    "pct_sig_fdr": _c("Edges whose QC-FC has Benjamini-Hochberg FDR q < qcfc.alpha.", "%"),
+    "median_abs_r": _c("Median absolute QC-FC (partial correlation of edge FC with mean FD) "
+                       "over the edges."),
+    "null_median_abs_r": _c("Median absolute partial correlation expected without any motion "
+                            "effect, at the same degrees of freedom."),
+    "distance_rho": _c("Spearman correlation of the edges' QC-FC with the Euclidean distance "
+                       "between their ROI centres (distance dependence; < 0: motion inflates "
+                       "short-distance FC most)."),
+    "distance_p": _c("p-value of distance_rho."),
+    "n_unusable": _c("Included subjects whose data the strategy could not clean (left out of "
+                     "its QC-FC)."),
+    "tdof_loss_mean": _c("Mean over subjects of the temporal degrees of freedom lost (confound "
+                         "regressors + censored volumes).", "volumes"),
+    "tdof_loss_sd": _c("Standard deviation over subjects of the tDOF lost.", "volumes"),
+    "pct_tdof_loss_mean": _c("Mean over subjects of the tDOF lost as a percentage of the "
+                             "post-dummy volumes.", "%"),
+    "acceptable": _c("Whether at most qcfc.max_pct_fdr % of edges have an FDR-significant "
+                     "QC-FC (msnet's criterion).",
+                     levels={"True": "acceptable", "False": "not acceptable"}),
+    "roi_a": _c(f"First ROI of the edge (the 'name' column of {ATLAS_FILE})."),
+    "roi_b": _c(f"Second ROI of the edge (the 'name' column of {ATLAS_FILE})."),
+    "edge_distance_mm": _c("Euclidean distance between the two ROI centres.", "mm"),
+    "qcfc_r": _c("QC-FC: partial correlation across subjects of the edge's Fisher z with mean "
+                 "FD, controlling for the qcfc covariates and study."),
+    "usable": _c("Whether the strategy could clean the subject's data.",
+                 levels={"True": "cleaned", "False": "not cleaned (see reason)"}),
+    "n_regressors": _c("Confound regressors projected out (rank of the standardised confound "
+                       "matrix), usable runs.", "regressors"),
+    "n_censored": _c("Post-dummy volumes the strategy censored, usable runs.", "volumes"),
+    "n_volumes_post": _c("Post-dummy volumes of the usable runs.", "volumes"),
+    "tdof_loss": _c("Temporal degrees of freedom lost: n_regressors + n_censored.", "volumes"),
+    "pct_tdof_loss": _c("tdof_loss as a percentage of n_volumes_post.", "%"),
+    "test": _c("Test used for the row (e.g. 'knha': Knapp-Hartung t; 'z': Wald z; Egger's "
+               "regression; for mean FD: Welch t, Mann-Whitney U, OLS with study "
+               "indicators)."),
+    "fd_mean_ms": _c("Mean of the MS subjects' mean FD.", "mm"),
+    "fd_mean_hc": _c("Mean of the HC subjects' mean FD.", "mm"),
+    "fd_median_ms": _c("Median of the MS subjects' mean FD.", "mm"),
+    "fd_median_hc": _c("Median of the HC subjects' mean FD.", "mm"),
+    "fd_difference": _c("MS - HC mean FD: difference of means (Welch), Hodges-Lehmann median "
+                        "of pairwise differences (Mann-Whitney), group coefficient (OLS).",
+                        "mm"),
+    "test_statistic": _c("Test statistic of the row (Welch t, Mann-Whitney U of the MS group, "
+                         "OLS t)."),
 }
 """Column name -> BIDS column description (``Description``, optional ``Units``, ``Levels``).
 

@@ -25,7 +25,7 @@ MISSING = "\u2013"
 
 P_COLUMNS = frozenset({
     "p", "p_perm", "q_fdr", "q_p", "qm_p", "qm_p_perm", "qe_p", "p_fwe", "peak_p_fwe",
-    "cluster_p_fwe", "meta_p", "mega_p", "combat_p", "loo_p_max", "p_welch"})
+    "cluster_p_fwe", "meta_p", "mega_p", "combat_p", "loo_p_max", "p_welch", "distance_p"})
 """Columns holding p-values or FDR q-values (``q``, Cochran's Q statistic, is not one)."""
 
 DECIMALS = {
@@ -43,7 +43,11 @@ DECIMALS = {
                      "gamma_prior_var", "delta_hat_mean", "delta_star_mean",
                      "delta_prior_mean",
                      "loo_g_min", "loo_g_max", "mean_fd", "max_fd", "sd_fd", "mean_std_dvars",
-                     "tr", "h2", "r2", "edss", "qm", "qe", "q", "std_beta"), 2),
+                     "tr", "h2", "r2", "edss", "qm", "qe", "q", "std_beta",
+                     "tdof_loss_mean", "tdof_loss_sd", "test_statistic"), 2),
+    **dict.fromkeys(("median_abs_r", "null_median_abs_r", "distance_rho", "fd_mean_ms",
+                     "fd_mean_hc", "fd_median_ms", "fd_median_hc", "fd_difference"), 3),
+    **dict.fromkeys(("pct_sig_uncorrected", "pct_sig_fdr", "pct_tdof_loss_mean"), 1),
     **dict.fromkeys(("tau2", "tau", "tau2_ci_low", "tau2_ci_high", "tau2_null", "meta_tau2",
                      "var_g", "se", "bias_se", "limit_se"), 3),
 }
@@ -121,13 +125,27 @@ LABELS = {
     "age": "Age (years)", "pctfemale": "Female (%)", "duration": "Disease duration (years)",
     "edss": "EDSS", "t2lv": "T2 lesion volume (ml)", "sex": "Sex",
     "p_welch": "Welch p",
+    # QC-FC (msnet.qcfc)
+    "strategy": "Strategy", "main": "Main analysis", "options": "Confounds and censoring",
+    "n_edges": "Edges", "pct_sig_uncorrected": "Edges p < α (%)",
+    "pct_sig_fdr": "Edges FDR q < α (%)", "median_abs_r": "Median |QC-FC|",
+    "null_median_abs_r": "Null median |QC-FC|", "distance_rho": "Distance ρ",
+    "distance_p": "Distance p", "n_unusable": "Subjects not cleanable",
+    "tdof_loss_mean": "tDOF lost, mean", "tdof_loss_sd": "tDOF lost, SD",
+    "pct_tdof_loss_mean": "tDOF lost, mean (%)", "acceptable": "Acceptable",
+    "fd_mean_ms": "Mean FD MS (mm)", "fd_mean_hc": "Mean FD HC (mm)",
+    "fd_median_ms": "Median FD MS (mm)", "fd_median_hc": "Median FD HC (mm)",
+    "fd_difference": "MS − HC (mm)", "test_statistic": "Statistic",
+    "tdof_loss": "tDOF lost", "n_regressors": "Regressors", "n_censored": "Censored volumes",
+    "usable": "Cleanable",
 }
 """Human headers of the result tables' columns (:func:`column_label` falls back to
 spaces for underscores)."""
 
 TEXT_COLUMNS = frozenset({
     "exclusion_reason", "reason", "warning", "note", "label", "peak_label",
-    "published_label", "covariates", "covariates_dropped", "studies_without_variable"})
+    "published_label", "covariates", "covariates_dropped", "studies_without_variable",
+    "options"})
 """Free-text columns: shown left-aligned and wrapped."""
 
 _TRUE = {"true", "1", "1.0", "yes"}

@@ -52,6 +52,7 @@ SECTIONS = (
     ("meta-vs-mega", "Meta vs mega"),
     ("literature", "Coordinate-based and hybrid meta-analysis"),
     ("edges", "Edge-level differences"),
+    ("motion-qcfc", "Motion (QC-FC)"),
     ("methods", "Methods"),
 )
 """(id, title) of the report's sections, in order; every id is an ``<h2 id=...>``."""
@@ -65,6 +66,8 @@ FIGURES = {
     "funnel": "meta_network-{net}_desc-funnel",
     "bubble": "meta_network-{net}_desc-bubble",
     "clinical_scatter": "clinical_desc-scatter",
+    "qcfc_benchmarks": "qcfc_desc-benchmarks",
+    "qcfc_fd": "qcfc_desc-fdgroup",
 }
 """Figure kind -> file stem in the figures folder (``.png`` and ``.svg`` are written)."""
 
@@ -242,6 +245,15 @@ _REFS = (
     Reference("johnson2007", "Johnson et al., 2007", ("Johnson WE", "Li C", "Rabinovic A"),
               "Adjusting batch effects in microarray expression data using empirical Bayes "
               "methods", "Biostatistics", 2007, "8", "118-127", "10.1093/biostatistics/kxj037"),
+    Reference("ciric2017", "Ciric et al., 2017", ("Ciric R", "Wolf DH", "Power JD"),
+              "Benchmarking of participant-level confound regression strategies for the "
+              "control of motion artifact in studies of functional connectivity", "NeuroImage",
+              2017, "154", "174-187", "10.1016/j.neuroimage.2017.03.020", et_al=True),
+    Reference("parkes2018", "Parkes et al., 2018", ("Parkes L", "Fulcher B", "Y\u00fccel M",
+                                                    "Fornito A"),
+              "An evaluation of the efficacy, reliability, and sensitivity of motion correction "
+              "strategies for resting-state functional MRI", "NeuroImage", 2018, "171",
+              "415-436", "10.1016/j.neuroimage.2017.12.073"),
     Reference("fortin2018", "Fortin et al., 2018", ("Fortin JP", "Cullen N", "Sheline YI"),
               "Harmonization of cortical thickness measurements across scanners and sites",
               "NeuroImage", 2018, "167", "104-120", "10.1016/j.neuroimage.2017.11.024",
@@ -784,6 +796,8 @@ def methods_text(config: dict, versions: dict | None = None,
         + (f"; voxelwise models of {_names(cl['voxelwise_variables'])} used "
            f"{_inference_text(cl)}." if cl["voxelwise_variables"] else "."))
     paras.append(_meta_text(m))
+    if (config.get("qcfc") or {}).get("enabled", True) and "qcfc" in config:
+        paras.append(_qcfc_text(config))
     nbs = config.get("nbs") or {}
     if nbs.get("enabled"):  # msnet.nbs ran: its paragraph, with its citations
         from msnet.nbs import nbs_methods_text
@@ -1949,6 +1963,85 @@ class _Report:
                        "max_size", "min_p_fwe", "n_significant", "status", "reason"]), key=2)))
         return "".join(parts)
 
+    # ---------------------------------------------------------------- motion (QC-FC)
+    def qcfc(self) -> str:
+        """Motion (QC-FC) (:mod:`msnet.qcfc`): the main strategy and whether its QC-FC is
+        acceptable, the benchmarks per strategy with their figure, and MS vs HC mean FD.
+        Both figures are always written (saying "no data" without QC-FC results), as the
+        workflow declares them."""
+        from msnet.qcfc import DEFAULT_OPTIONS, plot_fd_by_group, plot_qcfc_benchmarks, verdict
+
+        paths = self.inputs.get("qcfc") or {}
+        opts = {**DEFAULT_OPTIONS, **(self.config.get("qcfc") or {})}
+        stats, edges, subjects, fd = (_read(paths.get(k)) for k in
+                                      ("strategies", "edges", "subjects", "fdgroup"))
+        parts = []
+        if not paths and not opts["enabled"]:
+            parts.append(_p("QC-FC was not computed (qcfc.enabled: false)."))
+        elif stats is None:
+            parts.append(_na("QC-FC tables"))
+        else:
+            parts.append(_p(verdict(stats, opts), "verdict"))
+            alpha = float(opts["alpha"])
+            parts.append(_p(
+                "QC-FC: for every edge of the 300-ROI matrix, the partial correlation of its "
+                "Fisher z with mean framewise displacement across the included subjects, "
+                f"controlling for {_names([c for c in opts['covariates']]) or 'nothing'} and "
+                "study (one indicator per study), as in "
+                f"{REFERENCES['ciric2017'].cite} and {REFERENCES['parkes2018'].cite}. "
+                f"Edges p < \u03b1 / FDR q < \u03b1: % of edges with a significant QC-FC at "
+                f"\u03b1 = {alpha:g} (uncorrected: {100 * alpha:g}% expected by chance; "
+                "Benjamini-Hochberg FDR: about 0% by chance). Null median |QC-FC|: what no "
+                "motion effect at all gives at these degrees of freedom. Distance \u03c1: "
+                "Spearman correlation of the QC-FC with the distance between the ROI "
+                "centres (negative: motion inflates short-distance FC most). tDOF lost: "
+                "confound regressors + censored volumes per subject (the band-pass filter, the "
+                "same for every strategy, is not counted).", "note"))
+            parts.append(table_html(_cols(stats, [
+                "strategy", "main", "options", "n", "n_edges", "pct_sig_uncorrected",
+                "pct_sig_fdr", "median_abs_r", "null_median_abs_r", "distance_rho",
+                "tdof_loss_mean", "tdof_loss_sd", "pct_tdof_loss_mean", "n_unusable",
+                "acceptable"])))
+        if stats is None or edges is None:
+            return "".join(parts)
+        parts.append(self.figure(
+            plot_qcfc_benchmarks(stats, edges, subjects, self.stem("qcfc_benchmarks"),
+                                 opts["max_pct_fdr"]),
+            "QC-FC per denoising strategy. Left: distribution of the edges' QC-FC (partial "
+            "correlation of edge FC with mean FD), with the % of FDR-significant edges and the "
+            "median |QC-FC|; middle: distance dependence, the mean QC-FC of the edges in each "
+            "decile of ROI distance; right: temporal degrees of freedom lost per subject."))
+        parts.append("<h3>Head motion, MS vs HC</h3>")
+        if fd is not None and len(fd):
+            rows = {r.test: r for r in fd.itertuples()}
+            welch = rows.get("Welch t")
+            text = ""
+            if welch is not None:
+                text = (f"Mean FD of the included subjects: MS {welch.fd_mean_ms:.3f} mm "
+                        f"(n = {int(welch.n_ms)}), HC {welch.fd_mean_hc:.3f} mm "
+                        f"(n = {int(welch.n_hc)}); "
+                        + "; ".join(f"{name} p {p_relation(r.p)}" for name, r in rows.items())
+                        + ". Welch's t test and the Mann-Whitney U test compare the pooled "
+                        "subjects; the OLS of mean FD on group with one indicator per study "
+                        "compares MS and HC within studies, as the pooled group models do. "
+                        "The group models adjust for mean FD where group.covariates include "
+                        "it; QC-FC above says how much motion is left in the FC itself.")
+            parts.append(_p(text) + table_html(fd, key=1))
+        elif paths:
+            parts.append(_na("MS vs HC mean FD tests"))
+        parts.append(self.figure(
+            plot_fd_by_group(subjects, fd, self.stem("qcfc_fd")),
+            "Mean framewise displacement of the subjects the analysis includes, by group: all "
+            "studies (with the MS-vs-HC tests) and per study."))
+        if subjects is not None and "usable" in subjects:
+            bad = subjects[~subjects["usable"].astype(str).str.lower().isin(["true", "1"])]
+            if len(bad):
+                parts.append(_details(f"Subjects a strategy could not clean ({len(bad)})",
+                                      table_html(_cols(bad, ["strategy", "study_id",
+                                                             "participant_id", "reason"]),
+                                                 key=3)))
+        return "".join(parts)
+
     # ---------------------------------------------------------------- methods
     def methods(self) -> str:
         paras = self.methods_text().split("\n\n")
@@ -2082,6 +2175,9 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
             ``meta_network-{net}_clusters.tsv``.
         ``meta_vs_mega`` : path
             ``meta_desc-metavsmega_stats.tsv``.
+        ``qcfc`` : dict
+            The QC-FC tables (:func:`msnet.qcfc.output_paths`: ``strategies``, ``edges``,
+            ``subjects``, ``fdgroup``); the section "Motion (QC-FC)".
 
         (``logp_fwe`` and ``logpfwe`` are accepted in both map dicts.)
     out_html : path
@@ -2109,7 +2205,7 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
     write_table(comparison, comparison_tsv)
     sections = [rep.dataset_qc(), rep.published(comparison), rep.network_meta(),
                 rep.meta_regression(), rep.voxelwise(), rep.clinical(), rep.meta_vs_mega(),
-                rep.literature(), rep.edges(), rep.methods()]
+                rep.literature(), rep.edges(), rep.qcfc(), rep.methods()]
     citations = Path(citations or out_html.with_name("citations.bib"))
     write_text(citations_bib(rep.methods_text()), citations)
     write_text(_page(sections), out_html)
@@ -2118,8 +2214,11 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
             "citations": str(citations), "figures": rep.figures}
 
 
-def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:
+def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png", qcfc: bool = False) -> dict:
     """Every figure :func:`build_report` writes when all inputs are present (for Snakemake).
+
+    ``qcfc``: QC-FC ran (``qcfc.enabled``), so its figures are written too (otherwise their
+    kinds map to no path).
 
     Returns
     -------
@@ -2129,6 +2228,8 @@ def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:
     out = {}
     for kind, stem in FIGURES.items():
         names = ([stem.format(net=n) for n in networks] if "{net}" in stem else [stem])
+        if kind.startswith("qcfc_") and not qcfc:
+            names = []
         out[kind] = [str(Path(figures_dir) / f"{name}.{ext}") for name in names]
     return out
 
@@ -2136,7 +2237,7 @@ def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> dict:
 def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
                   excluded_inputs=None, harmonize: str = "none", space: str = SPACE,
                   nbs: bool = False,
-                  literature: bool = False) -> dict:
+                  literature: bool = False, qcfc: bool = False) -> dict:
     """The ``inputs`` of :func:`build_report` at the standard output locations of each stage.
 
     Parameters
@@ -2160,6 +2261,9 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
     literature : bool
         Literature mode ran beside the image studies (:func:`msnet.literature.
         literature_enabled`): adds its comparison, recovery and meta-regression tables.
+    qcfc : bool
+        QC-FC ran (``qcfc.enabled``): adds ``qcfc``, the files of
+        :func:`msnet.qcfc.output_paths`.
 
     Returns
     -------
@@ -2196,6 +2300,10 @@ def report_inputs(results_dir, studies, subject_qc, networks=ANALYSIS_NETWORKS,
         from msnet.nbs import output_paths
 
         out["nbs"] = output_paths(r / "nbs")
+    if qcfc:  # msnet.qcfc: section "Motion (QC-FC)"
+        from msnet.qcfc import output_paths as qcfc_paths
+
+        out["qcfc"] = qcfc_paths(r / "qcfc")
     if excluded_inputs:
         out["excluded_inputs"] = str(excluded_inputs)
     if harmonize == "combat":  # msnet.harmonize: the pooled model on ComBat-harmonised data

@@ -159,6 +159,8 @@ def estimate(rule: str, w: Workload, n_subjects: int | None = None) -> dict:
                            1 + 1e-8 * w.permutations["meta"] * w.n_studies * w.mask_voxels),
         "meta_vs_mega": (300, 1),
         "build_report": (500 + 0.1 * w.n_subjects, 1 + w.n_subjects / 2000),
+        # QC-FC: a float32 subjects x 44,850-edge matrix per strategy (5), a float64 copy
+        "compute_qcfc": (400 + w.n_subjects * 44850 * (4 * 5 + 8) / 1e6, 1 + w.n_subjects / 500),
         # nbs_analyses: every subject's 44,850 edges as float32 plus the engine's float64
         # and float32 residuals, and a 128 MB batch; per permutation of a pooled contrast
         # about 1.1 ns per subject x edge (the group stage's kernels), 3 contrasts

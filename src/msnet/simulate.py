@@ -102,6 +102,7 @@ SIM_DEFAULTS = {
     "amplitude_sd": 0.15,
     "map_noise_sd": 0.15,
     "site_effect": 0.0,
+    "motion_artifact": 0.0,
     "edge_effect": 0.0,
 }
 """Default simulation config (the demo). See :data:`SIM_RANGES` for allowed values."""
@@ -127,6 +128,7 @@ SIM_RANGES = {
     "amplitude_sd": (0.0, 0.5),
     "map_noise_sd": (0.0, 0.5),
     "site_effect": (0.0, 1.0),
+    "motion_artifact": (0.0, 10.0),
     "edge_effect": (0.0, 0.9),
 }
 """Inclusive (min, max) of every numeric config key."""
@@ -771,6 +773,118 @@ def planted_edges(rois: pd.DataFrame | None = None) -> np.ndarray:
     return ((net[i] == a) & (net[j] == b)) | ((net[i] == b) & (net[j] == a))
 
 
+ARTIFACT_FIELDS = 4
+"""Independent spatial patterns of the FD-driven artefact (:func:`motion_artifact`)."""
+
+ARTIFACT_SIGMA_MM = 15.0
+"""Smoothness (Gaussian sigma) of the artefact's patterns: their correlation between two voxels
+is exp(-d^2 / (4 sigma^2)), 0.78 at 15 mm, 0.17 at 40 mm, 0.02 at 60 mm, so the artefact
+raises short-distance FC most."""
+
+ARTIFACT_DECAY_S = 2.0
+"""Time constant of the artefact's decay after each volume's displacement (spin history)."""
+
+
+def _child_rng(rng: np.random.Generator) -> np.random.Generator:
+    """An independent generator derived from ``rng`` without drawing from it."""
+    if hasattr(rng, "spawn"):
+        return rng.spawn(1)[0]
+    return np.random.default_rng(rng.bit_generator._seed_seq.spawn(1)[0])  # numpy < 1.25
+
+
+def motion_artifact(cfg: dict, grid: Grid, rng: np.random.Generator, motion) -> np.ndarray:
+    """FD-driven, spatially smooth BOLD artefact (``simulate.motion_artifact``), % signal.
+
+    Motion leaves signal changes that realignment and the 24 motion regressors do not model
+    (spin history, interpolation; Power et al. 2012, 2014): each volume's framewise
+    displacement ``FD(t)`` (mm) starts a disturbance ``(FD(t) / 1 mm)^2 * e_k(t)``,
+    ``e_k ~ N(0, 1)``, decaying with :data:`ARTIFACT_DECAY_S`, in each of
+    :data:`ARTIFACT_FIELDS` smooth random spatial patterns (sigma :data:`ARTIFACT_SIGMA_MM`,
+    unit variance, over the whole brain mask, white matter and CSF included) and in the whole
+    brain (a global component)::
+
+        artefact(t, v) = motion_artifact * sum_k (h * (FD^2 e_k))(t) * pattern_k(v)
+
+    Its variance grows with the subject's motion (mostly with its large movements), and nearby
+    voxels share it, so it raises the FC of short edges most in subjects who move more: a QC-FC
+    artefact with Power's distance dependence. It is not linear in the motion parameters (24P
+    leaves it); the global part goes with the WM/CSF means or the global signal, and the rest
+    largely with the censoring of high-FD volumes (where the disturbances start) and with
+    aCompCor (the patterns extend into WM and CSF).
+
+    Parameters
+    ----------
+    cfg : dict
+        Full config (:func:`sim_config`); ``motion_artifact`` in % signal per mm^2 of FD,
+        ``tr``.
+    grid : Grid
+    rng : numpy.random.Generator
+    motion : numpy.ndarray, shape (n_volumes, 6)
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_volumes, n_voxels), float32
+    """
+    from scipy import ndimage
+
+    n_time = motion.shape[0]
+    fd = np.nan_to_num(framewise_displacement(motion))
+    drive = (fd**2)[:, None] * rng.standard_normal((n_time, ARTIFACT_FIELDS + 1))
+    lag = np.arange(n_time)
+    kernel = np.exp(-lag * cfg["tr"] / ARTIFACT_DECAY_S)
+    courses = np.stack([np.convolve(drive[:, k], kernel)[:n_time]
+                        for k in range(drive.shape[1])], axis=1)
+    sigma = ARTIFACT_SIGMA_MM / grid.resolution
+    shape = tuple(s.stop - s.start for s in grid.bbox)
+    noise = rng.standard_normal((ARTIFACT_FIELDS, *shape), dtype=np.float32)
+    ndimage.gaussian_filter(noise, (0, sigma, sigma, sigma), output=noise, truncate=3.0)
+    fields = noise[:, grid.mask[grid.bbox]]
+    fields /= fields.std(axis=1, keepdims=True)
+    patterns = np.vstack([fields, np.ones((1, fields.shape[1]), np.float32)])
+    return (courses.astype(np.float32) * np.float32(cfg["motion_artifact"])) @ patterns
+
+
+EDGE_EFFECT_NETWORKS = ("DMN", "SMN")
+"""The network pair whose FC ``simulate.edge_effect`` lowers in MS (DMN-SMN hypo-connectivity)."""
+
+
+def edge_effect_timecourses(timecourses: np.ndarray, names, edge_effect: float) -> np.ndarray:
+    """Plant the edge-level MS effect (``simulate.edge_effect`` = r) in generating time courses.
+
+    The SMN course becomes ``-r * DMN + sqrt(1 - r^2) * SMN``: still unit variance, with a
+    population correlation of -r with the DMN course (0 in HC, whose courses are independent).
+    Every edge between a DMN and an SMN ROI of the 300-ROI matrix (the ROIs the network
+    templates are made of) therefore has lower FC in MS, while the network maps (amplitudes,
+    the published voxelwise findings) are unchanged: dual regression's stage 2 regresses on
+    all network courses together. The edges it lowers are those of
+    :func:`planted_edges`.
+
+    Parameters
+    ----------
+    timecourses : numpy.ndarray, shape (n_volumes, n_networks)
+        Unit-variance generating courses in the order of ``names``.
+    names : list of str
+        Network names (:attr:`Grid.names`).
+    edge_effect : float
+        r in [0, 0.9].
+    """
+    a, b = (list(names).index(n) for n in EDGE_EFFECT_NETWORKS)
+    out = timecourses.copy()
+    r = float(edge_effect)
+    out[:, b] = -r * timecourses[:, a] + np.sqrt(1.0 - r * r) * timecourses[:, b]
+    return out
+
+
+def planted_edges(rois: pd.DataFrame | None = None) -> np.ndarray:
+    """Whether each edge of the 300-ROI matrix (``numpy.triu_indices`` order) joins a DMN and
+    an SMN ROI: the edges ``simulate.edge_effect`` lowers in MS."""
+    rois = atlas.seitzman_rois() if rois is None else rois
+    net = rois["network"].to_numpy()
+    i, j = np.triu_indices(len(net), 1)
+    a, b = EDGE_EFFECT_NETWORKS
+    return ((net[i] == a) & (net[j] == b)) | ((net[i] == b) & (net[j] == a))
+
+
 def _scale_in_time(cfg, motion) -> np.ndarray:
     """Volume-wise multiplicative factor: non-steady-state brightening and spin-history drops."""
     n_time, n_dummy = motion.shape[0], cfg["n_dummy"]
@@ -833,6 +947,8 @@ def _simulate_subject(cfg, grid, row, deltas, rng, site=(0.0, 1.0)) -> SubjectSi
         timecourses = edge_effect_timecourses(timecourses, grid.names, cfg["edge_effect"])
     motion = _motion_params(rng, n_time, bool(row["high_motion"]))
     x = _percent_signal(cfg, grid, rng, maps, timecourses, motion, fields[n_net:])
+    if cfg["motion_artifact"]:  # its own stream: with 0 the data are those of before
+        x += motion_artifact(cfg, grid, _child_rng(rng), motion)
     bias = fields[n_net + _FIELDS["baseline"]]
     baseline = 1000.0 * (1.0 + 0.25 * grid.csf - 0.15 * grid.wm + 0.03 * bias)
     x *= np.float32(0.01)

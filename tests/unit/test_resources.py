@@ -11,7 +11,7 @@ RULES = ["simulate_study", "simulate", "compute_subject_connectivity", "summaris
          "make_network_masks", "compare_groups_study", "compare_groups_pooled",
          "clinical_study", "clinical_pooled", "meta_networks", "meta_voxelwise",
          "meta_vs_mega", "build_report", "publish_study_peaks", "literature_meta",
-         "nbs_analyses"]
+         "nbs_analyses", "compute_qcfc"]
 
 
 def _workload(**changes):

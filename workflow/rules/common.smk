@@ -12,6 +12,7 @@ from msnet.io.plan import (
     subject_chunks,
     subject_outputs,
 )
+from msnet.qcfc import output_paths as qcfc_outputs
 from msnet.resources import rule_resource, workload
 
 R = config["results_dir"]
@@ -61,10 +62,11 @@ def participants_tsv(study):
     return STUDY_ROWS[study]["participants_tsv"]
 
 
+QCFC = config["qcfc"]["enabled"]  # each subject's edges under every QC-FC strategy
 SUBJECT_PATHS = {study: [] for study in STUDIES}  # study -> each subject's output paths
 for _row in PLAN.subjects.itertuples():
     SUBJECT_PATHS[_row.study_id].append(
-        subject_outputs(R, _row.study_id, _row.label, space=SPACE)
+        subject_outputs(R, _row.study_id, _row.label, space=SPACE, qcfc=QCFC)
     )
 
 
@@ -105,6 +107,7 @@ SUBJECT_OPTIONS = {
     "qc": config["qc"],
     "connectivity": config["connectivity"],
     "multi_run": config["data"]["multi_run"],
+    "qcfc": config["qcfc"],
 }
 
 
@@ -121,7 +124,7 @@ def subject_job(row):
         "fmriprep_dir": study["fmriprep_dir"],
         "participant_id": row["participant_id"],
         "out_paths": subject_outputs(
-            R, row["study_id"], row["label"], SEED_MAPS, SUBJECT_PAGES, SPACE
+            R, row["study_id"], row["label"], SEED_MAPS, SUBJECT_PAGES, SPACE, QCFC
         ),
         "task": study["task"],
         "space": study["space"],

@@ -13,6 +13,7 @@ REPORT_INPUTS = report_inputs(
     space=SPACE,
     nbs=config["nbs"]["enabled"],
     literature=LITERATURE,
+    qcfc=QCFC,
 )
 CAPTIONS = {
     "qc_overview": ("qc_overview.rst", "Dataset and QC"),
@@ -23,6 +24,8 @@ CAPTIONS = {
     "funnel": ("funnel.rst", "Meta-analysis"),
     "bubble": ("bubble.rst", "Meta-regression"),
     "clinical_scatter": ("clinical_scatter.rst", "Clinical associations"),
+    "qcfc_benchmarks": ("qcfc_benchmarks.rst", "Motion (QC-FC)"),
+    "qcfc_fd": ("qcfc_fd.rst", "Motion (QC-FC)"),
 }
 # Snakemake's report() flag under another name: a line starting with `report` is read as the
 # workflow's `report:` directive (by Snakemake and snakefmt)
@@ -31,7 +34,7 @@ REPORT_FIGURES = [
     FOR_REPORT(
         path, caption=f"../report/{CAPTIONS[kind][0]}", category=CAPTIONS[kind][1]
     )
-    for kind, paths in figure_paths(FIGURES_DIR, NETWORKS, "png").items()
+    for kind, paths in figure_paths(FIGURES_DIR, NETWORKS, "png", QCFC).items()
     for path in paths
 ]
 
@@ -67,7 +70,7 @@ rule build_report:
         figures=REPORT_FIGURES,
         svg=[
             p
-            for paths in figure_paths(FIGURES_DIR, NETWORKS, "svg").values()
+            for paths in figure_paths(FIGURES_DIR, NETWORKS, "svg", QCFC).values()
             for p in paths
         ],
     log:

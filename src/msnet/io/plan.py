@@ -374,7 +374,7 @@ def record_excluded_inputs(records, path) -> None:
 
 
 def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = False,
-                    page: bool = False, space: str = SPACE) -> dict:
+                    page: bool = False, space: str = SPACE, qcfc: bool = False) -> dict:
     """Paths of one subject's subject-stage outputs (the one place that names them).
 
     Parameters
@@ -389,6 +389,9 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
         Include the subject's QC page (config ``qc.subject_pages``; :mod:`msnet.qcpage`).
     space : str
         Template space of the subject's BOLD runs (the ``space-`` entity of its maps).
+    qcfc : bool
+        Include the subject's edges under every QC-FC strategy (config ``qcfc.enabled``;
+        :mod:`msnet.qcfc`).
 
     Returns
     -------
@@ -410,6 +413,8 @@ def subject_outputs(results_dir, study_id: str, label: str, seed_maps: bool = Fa
     }
     if page:
         paths["page"] = subject_page(results_dir, study_id, label)
+    if qcfc:
+        paths["qcfc"] = f"{prefix}_atlas-Seitzman300_desc-strategies_edges.npz"
     if seed_maps:
         paths["seed_maps"] = {n: f"{prefix}_{map_name(f'seed-{n}', 'z', space)}"
                               for n in ANALYSIS_NETWORKS}
