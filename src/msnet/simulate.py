@@ -732,47 +732,6 @@ def _percent_signal(cfg, grid, rng, maps, timecourses, motion, fields) -> np.nda
     return x
 
 
-EDGE_EFFECT_NETWORKS = ("DMN", "SMN")
-"""The network pair whose FC ``simulate.edge_effect`` lowers in MS (DMN-SMN hypo-connectivity)."""
-
-
-def edge_effect_timecourses(timecourses: np.ndarray, names, edge_effect: float) -> np.ndarray:
-    """Plant the edge-level MS effect (``simulate.edge_effect`` = r) in generating time courses.
-
-    The SMN course becomes ``-r * DMN + sqrt(1 - r^2) * SMN``: still unit variance, with a
-    population correlation of -r with the DMN course (0 in HC, whose courses are independent).
-    Every edge between a DMN and an SMN ROI of the 300-ROI matrix (the ROIs the network
-    templates are made of) therefore has lower FC in MS, while the network maps (amplitudes,
-    the published voxelwise findings) are unchanged: dual regression's stage 2 regresses on
-    all network courses together. The edges it lowers are those of
-    :func:`planted_edges`.
-
-    Parameters
-    ----------
-    timecourses : numpy.ndarray, shape (n_volumes, n_networks)
-        Unit-variance generating courses in the order of ``names``.
-    names : list of str
-        Network names (:attr:`Grid.names`).
-    edge_effect : float
-        r in [0, 0.9].
-    """
-    a, b = (list(names).index(n) for n in EDGE_EFFECT_NETWORKS)
-    out = timecourses.copy()
-    r = float(edge_effect)
-    out[:, b] = -r * timecourses[:, a] + np.sqrt(1.0 - r * r) * timecourses[:, b]
-    return out
-
-
-def planted_edges(rois: pd.DataFrame | None = None) -> np.ndarray:
-    """Whether each edge of the 300-ROI matrix (``numpy.triu_indices`` order) joins a DMN and
-    an SMN ROI: the edges ``simulate.edge_effect`` lowers in MS."""
-    rois = atlas.seitzman_rois() if rois is None else rois
-    net = rois["network"].to_numpy()
-    i, j = np.triu_indices(len(net), 1)
-    a, b = EDGE_EFFECT_NETWORKS
-    return ((net[i] == a) & (net[j] == b)) | ((net[i] == b) & (net[j] == a))
-
-
 ARTIFACT_FIELDS = 4
 """Independent spatial patterns of the FD-driven artefact (:func:`motion_artifact`)."""
 
