@@ -28,6 +28,20 @@ CHUNK = 64
 """Voxels per block of :func:`group_projection` (one 256-byte row of float32 per subject)."""
 
 
+@njit(nogil=True, cache=True)
+def _root_maxima(parent, size, mass, n):  # pragma: no cover
+    """Largest size and mass over the union-find roots (the components) of ``n`` elements."""
+    max_size = 0
+    max_mass = 0.0
+    for v in range(n):
+        if parent[v] == v:
+            if size[v] > max_size:
+                max_size = size[v]
+            if mass[v] > max_mass:
+                max_mass = mass[v]
+    return max_size, max_mass
+
+
 @njit(nogil=True, cache=True, boundscheck=False, fastmath=True, error_model="numpy")
 def group_projection(E, offsets, inv_size, out, c0, c1, n_groups):  # pragma: no cover
     """``out[b, v] = sum_s inv_size[s] * (sum_{i: group_b(i) = s} E[i, v])^2`` for v in [c0, c1).
@@ -244,15 +258,7 @@ def cluster_max(x, threshold, neighbours):  # pragma: no cover
             parent[rv] = ru
             size[ru] += size[rv]
             mass[ru] += mass[rv]
-    max_size = 0
-    max_mass = 0.0
-    for v in range(V):
-        if parent[v] == v:
-            if size[v] > max_size:
-                max_size = size[v]
-            if mass[v] > max_mass:
-                max_mass = mass[v]
-    return max_size, max_mass
+    return _root_maxima(parent, size, mass, V)
 
 
 @njit(nogil=True, cache=True)
@@ -317,15 +323,7 @@ def graph_cluster_max(x, threshold, ei, ej, n_nodes):  # pragma: no cover
                 mass[a] += mass[b]
             size[a] += 1
             mass[a] += x[e] - threshold
-    max_size = 0
-    max_mass = 0.0
-    for v in range(n_nodes):
-        if parent[v] == v:
-            if size[v] > max_size:
-                max_size = size[v]
-            if mass[v] > max_mass:
-                max_mass = mass[v]
-    return max_size, max_mass
+    return _root_maxima(parent, size, mass, n_nodes)
 
 
 @njit(nogil=True, cache=True)
