@@ -139,9 +139,11 @@ def job_stats(log_text) -> dict:
 
 
 def local_rules() -> set:
-    """Rule names of the Snakefile's `localrules:` directives, on one line (`localrules: a,
-    b`) or one name per indented line below (snakefmt's layout)."""
-    text = (REPO / "Snakefile").read_text()
+    """Rule names of the workflow's `localrules:` directives (the Snakefile and its included
+    rule files), on one line (`localrules: a, b`) or one name per indented line below
+    (snakefmt's layout)."""
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    text = "\n".join(f.read_text() for f in files)
     names = set()
     directive = r"^([ \t]*)localrules:[ \t]*(.*)\n((?:\1[ \t]+\w+[ \t]*,?[ \t]*\n)*)"
     for found in re.finditer(directive, text, flags=re.M):
