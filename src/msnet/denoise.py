@@ -562,6 +562,17 @@ _SUFFIXES = {"basic": (), "derivatives": ("derivative1",), "power2": ("power2",)
              "full": ("derivative1", "power2", "derivative1_power2")}
 
 
+def confound_counts(opts: dict) -> dict:
+    """Regressors of each confound set a custom strategy uses, in order: ``motion``,
+    ``wm_csf``, ``global_signal`` (base signals times the expansion's terms) and ``compcor``
+    (``n_compcor``); sets it does not use are left out (for the methods text and labels)."""
+    base = {"motion": 6, "wm_csf": 2, "global_signal": 1}
+    counts = {k: n * (1 + len(_SUFFIXES[opts[k]])) for k, n in base.items() if opts[k]}
+    if opts["compcor"]:
+        counts["compcor"] = opts["n_compcor"]
+    return counts
+
+
 def load_confounds_kwargs(opts: dict) -> dict:
     """The confound selection of resolved denoise options, as ``load_confounds`` arguments."""
     if opts["strategy"] == "custom":

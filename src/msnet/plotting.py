@@ -185,7 +185,7 @@ def _load_img(img):
 
 @_styled
 def plot_glass_brain(stat_img, logp_fwe_img, out_stem, title, alpha=0.05, network=None,
-                     stat_label="t") -> dict:
+                     stat_label="t", markers: bool = True) -> dict:
     """Glass brain of a statistic map thresholded at voxel-level FWE p < ``alpha``.
 
     Only voxels with ``p_FWE < alpha`` (``|logp| > -log10 alpha``; see
@@ -210,6 +210,8 @@ def plot_glass_brain(stat_img, logp_fwe_img, out_stem, title, alpha=0.05, networ
         Network whose published findings are marked (all findings when None).
     stat_label : str
         Name of the statistic for the title (``t`` or ``z``).
+    markers : bool
+        Overlay the published findings (False: the map alone, e.g. for another literature).
 
     Returns
     -------
@@ -249,7 +251,9 @@ def plot_glass_brain(stat_img, logp_fwe_img, out_stem, title, alpha=0.05, networ
             display = plotting.plot_glass_brain(None, figure=fig, axes=axes, display_mode="lyrz")
         heading = f"{title}: no voxel survives FWE p < {alpha:g}"
     findings = published_findings()
-    if network is not None:
+    if not markers:
+        findings = findings.iloc[:0]
+    elif network is not None:
         findings = findings[findings["network"] == network]
     handles = []
     for direction, style in ((1, INCREASE_STYLE), (-1, DECREASE_STYLE)):

@@ -233,24 +233,17 @@ def config_problems(config: dict) -> list[str]:
 
 def describe_strategy(opts: dict) -> str:
     """A short description of a strategy's confounds and censoring (tables, figures)."""
-    from msnet.denoise import NILEARN_PRESETS
+    from msnet.denoise import NILEARN_PRESETS, confound_counts
 
     if opts["strategy"] != "custom":
         preset = NILEARN_PRESETS[opts["strategy"]]
         text = f"nilearn preset {opts['strategy']}: " + "+".join(preset["strategy"])
         return text + (f" (FD > {preset['fd_threshold']} mm or std DVARS > "
                        f"{preset['std_dvars_threshold']})" if "scrub" in preset else "")
-    n = {"basic": 1, "derivatives": 2, "power2": 2, "full": 4}
-    parts = []
-    if opts["motion"]:
-        parts.append(f"{6 * n[opts['motion']]}P motion")
-    if opts["wm_csf"]:
-        parts.append(f"{2 * n[opts['wm_csf']]} WM/CSF")
-    if opts["global_signal"]:
-        parts.append(f"{n[opts['global_signal']]} GSR")
-    if opts["compcor"]:
-        parts.append(f"{opts['n_compcor']} {opts['compcor']} CompCor")
-    text = " + ".join(parts) or "no confounds"
+    label = {"motion": "{}P motion", "wm_csf": "{} WM/CSF", "global_signal": "{} GSR",
+             "compcor": "{} " + str(opts["compcor"]) + " CompCor"}
+    text = " + ".join(label[k].format(n) for k, n in confound_counts(opts).items())
+    text = text or "no confounds"
     if opts["scrub"] is not None:
         text += (f", censoring FD > {opts['fd_threshold']:g} mm or std DVARS > "
                  f"{opts['std_dvars_threshold']:g}")

@@ -511,13 +511,6 @@ def software_versions() -> dict:
     return out
 
 
-_EXPANSION = {"basic": "", "derivatives": " with temporal derivatives",
-              "power2": " with quadratic terms", "full": " with derivatives and quadratic terms"}
-_N_MOTION = {"basic": 6, "derivatives": 12, "power2": 12, "full": 24}
-_N_TISSUE = {"basic": 2, "derivatives": 4, "power2": 4, "full": 8}
-_N_GLOBAL = {"basic": 1, "derivatives": 2, "power2": 2, "full": 4}
-
-
 def _section_options(config: dict) -> dict:
     """Each stage's options: the config section merged over the module defaults."""
     from msnet import clinical, connectivity, denoise, group, meta, qc
@@ -538,15 +531,12 @@ def _denoise_text(d: dict) -> str:
         conf = (f"nilearn's '{d['strategy']}' confound strategy (load_confounds_strategy with "
                 f"its preset parameters) {_cite('abraham2014')}")
     else:
-        parts = []
-        if d["motion"]:
-            parts.append(f"{_N_MOTION[d['motion']]} motion parameters")
-        if d["wm_csf"]:
-            parts.append(f"{_N_TISSUE[d['wm_csf']]} white-matter/CSF signals")
-        if d["global_signal"]:
-            parts.append(f"{_N_GLOBAL[d['global_signal']]} global signal regressor(s)")
-        if d["compcor"]:
-            parts.append(f"{d['n_compcor']} {d['compcor']} CompCor components")
+        from msnet.denoise import confound_counts
+
+        words = {"motion": "motion parameters", "wm_csf": "white-matter/CSF signals",
+                 "global_signal": "global signal regressor(s)",
+                 "compcor": f"{d['compcor']} CompCor components"}
+        parts = [f"{n} {words[k]}" for k, n in confound_counts(d).items()]
         conf = (f"{_join(parts) if parts else 'no confound regressors'}, selected with nilearn's "
                 f"load_confounds {_cite('abraham2014')}")
         if d["scrub"] is not None:
@@ -1129,6 +1119,27 @@ def _na(what: str) -> str:
 def _p(text: str, cls: str = "") -> str:
     klass = f' class="{cls}"' if cls else ""
     return f"<p{klass}>{html.escape(text)}</p>"
+
+
+def _literature_metaregression(path) -> str:
+    """The literature meta-regression table with how to read it."""
+    reg = _read(path)
+    if reg is None:
+        return _na("Literature meta-regression table")
+    return _p("Voxelwise mixed-effects meta-regression on each study-level moderator, at the "
+              "voxel of largest |z|, with FWE p from permutations of the moderator across "
+              "studies; q: Benjamini-Hochberg FDR of the FWE p over all rows (networks "
+              "\u00d7 moderators \u00d7 methods), the multiplicity-corrected result to "
+              "conclude from.", "note") + table_html(reg, key=3)
+
+
+def _methods_html(text: str) -> str:
+    """A methods text (paragraphs, then "References" and one reference per line) as HTML."""
+    paras = text.split("\n\n")
+    body = "".join(_p(p) for p in paras[:-1])
+    refs = paras[-1].split("\n")[1:]
+    return body + "<h3>References</h3><ol>" + "".join(
+        f"<li>{html.escape(r)}</li>" for r in refs) + "</ol>"
 
 
 def _details(summary: str, body: str) -> str:
@@ -1832,14 +1843,8 @@ class _Report:
             table_html(totals.reset_index()), "<h3>Published locations by method</h3>",
             table_html(self._recovery_by_method(recovery, order), key=3),
             _details("Per network", table_html(summary, key=2))]
-        reg = _read(files.get("metaregression"))
         parts.append("<h3>Meta-regression of the SDM-style and hybrid maps</h3>")
-        parts.append(_na("Literature meta-regression table") if reg is None else _p(
-            "Voxelwise mixed-effects meta-regression on each study-level moderator, at the voxel "
-            "of largest |z|, with FWE p from permutations of the moderator across studies; "
-            "q: Benjamini-Hochberg FDR of the FWE p over all rows (networks \u00d7 "
-            "moderators \u00d7 methods), the multiplicity-corrected result to conclude from.",
-            "note") + table_html(reg, key=3))
+        parts.append(_literature_metaregression(files.get("metaregression")))
         return "".join(parts)
 
     @staticmethod
@@ -2044,11 +2049,7 @@ class _Report:
 
     # ---------------------------------------------------------------- methods
     def methods(self) -> str:
-        paras = self.methods_text().split("\n\n")
-        body = "".join(_p(p) for p in paras[:-1])
-        refs = paras[-1].split("\n")[1:]
-        return body + "<h3>References</h3><ol>" + "".join(
-            f"<li>{html.escape(r)}</li>" for r in refs) + "</ol>"
+        return _methods_html(self.methods_text())
 
     def methods_text(self) -> str:
         """:func:`methods_text` of the options the stages recorded (:meth:`used_config`) and
@@ -2117,16 +2118,23 @@ def _as_list(value) -> list:
     return [value] if isinstance(value, (str, Path)) else list(value)
 
 
-def _page(sections: list) -> str:
-    nav = "".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title in SECTIONS)
+IMAGE_SUBTITLE = ("MS vs healthy controls across studies: mega-analysis, random-effects "
+                  "meta-analysis and clinical associations.")
+LITERATURE_SUBTITLE = ("MS vs healthy controls across published studies: meta-analysis of "
+                       "their reported peak coordinates (literature mode).")
+
+
+def _page(sections: list, titles=SECTIONS, subtitle: str = IMAGE_SUBTITLE) -> str:
+    """The whole HTML page: navigation, then one ``<section>`` per (id, title) of
+    ``titles`` with the matching entry of ``sections``."""
+    nav = "".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title in titles)
     body = "".join(f'<section><h2 id="{sid}">{html.escape(title)}</h2>{content}</section>'
-                   for (sid, title), content in zip(SECTIONS, sections))
+                   for (sid, title), content in zip(titles, sections, strict=True))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>msnet report</title><style>{CSS}</style>{PRINT_SCRIPT}</head><body>"
             f"<nav>{nav}</nav><main><h1>msnet: resting-state networks in multiple sclerosis"
-            f"</h1><p class=\"note\">MS vs healthy controls across studies: mega-analysis, "
-            f"random-effects meta-analysis and clinical associations. msnet {__version__}."
+            f"</h1><p class=\"note\">{html.escape(subtitle)} msnet {__version__}."
             f"</p>{body}</main></body></html>\n")
 
 
@@ -2212,6 +2220,151 @@ def build_report(config: dict, inputs: dict, out_html, figures_dir,
     LOG.info("wrote %s with %d figures", out_html, len(rep.figures) // 2)
     return {"html": str(out_html), "comparison": str(comparison_tsv),
             "citations": str(citations), "figures": rep.figures}
+
+
+LITERATURE_SECTIONS = (
+    ("literature-studies", "Studies and peaks"),
+    ("literature", "Coordinate-based meta-analysis"),
+    ("literature-metaregression", "Meta-regression"),
+    ("methods", "Methods"),
+)
+"""(id, title) of the literature-only report's sections (:func:`build_literature_report`)."""
+
+LITERATURE_FIGURE = "literature_network-{net}_method-sdm_desc-glassbrain"
+"""File stem of the literature-only report's glass brain of a network's SDM-style z map."""
+
+
+def literature_figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png") -> list:
+    """Every figure :func:`build_literature_report` writes (for Snakemake)."""
+    return [str(Path(figures_dir) / f"{LITERATURE_FIGURE.format(net=n)}.{ext}")
+            for n in networks]
+
+
+def build_literature_report(config: dict, peaks_tsv, studies_tsv, outputs: dict, out_html,
+                            figures_dir, citations=None) -> dict:
+    """Build ``report.html`` of literature mode without image studies (the published peaks
+    only): the studies and their peaks, per network each method's FWE-significant clusters
+    with a glass brain of the SDM-style z map, the meta-regressions and the methods text
+    (with its references, also written as BibTeX).
+
+    Parameters
+    ----------
+    config : dict
+        The validated configuration (``meta.alpha``, ``data.mode``).
+    peaks_tsv, studies_tsv : str or Path
+        The peaks and literature studies tables the analysis read.
+    outputs : dict
+        What :func:`msnet.literature.literature_meta` wrote
+        (:func:`msnet.literature.literature_outputs`).
+    out_html, figures_dir : path
+        ``results/report.html`` and ``results/figures``.
+    citations : path, optional
+        Default ``citations.bib`` beside ``out_html``.
+
+    Returns
+    -------
+    dict
+        ``html``, ``citations`` (paths) and ``figures`` (written figure paths).
+    """
+    from msnet.literature import read_literature_studies, read_peaks
+
+    out_html = Path(out_html)
+    alpha = float(_section_options(config)["meta"]["alpha"])
+    studies = read_literature_studies(studies_tsv)
+    peaks = read_peaks(peaks_tsv, studies, studies_tsv)
+    methods = Path(outputs["methods"]).read_text()
+    figures = []
+    sections = [_literature_studies(studies, peaks),
+                _literature_networks(outputs, peaks, alpha, Path(figures_dir), out_html.parent,
+                                     figures),
+                _literature_metaregression(outputs["metaregression"]),
+                _methods_html(methods)]
+    citations = Path(citations or out_html.with_name("citations.bib"))
+    write_text(citations_bib(methods), citations)
+    write_text(_page(sections, LITERATURE_SECTIONS, LITERATURE_SUBTITLE), out_html)
+    LOG.info("wrote %s with %d figures", out_html, len(figures) // 2)
+    return {"html": str(out_html), "citations": str(citations), "figures": figures}
+
+
+def _literature_studies(studies: pd.DataFrame, peaks: pd.DataFrame) -> str:
+    """The studies table with each study's number of peaks per network and direction."""
+    from msnet.meta import MODERATORS
+
+    counts = peaks.groupby(["study_id", "network", "direction"]).size().unstack(
+        ["network", "direction"], fill_value=0)
+    counts.columns = [f"{net} {direction}" for net, direction in counts.columns]
+    order = [f"{n} {d}" for n in ANALYSIS_NETWORKS for d in ("MS>HC", "MS<HC")]
+    counts = counts.reindex(columns=[c for c in order if c in counts.columns])
+    moderators = [m for m in MODERATORS if m in studies and studies[m].notna().any()]
+    table = studies[["study_id", "n_ms", "n_hc", "threshold_p", "coverage", *moderators]]
+    table = table.join(counts).fillna({c: 0 for c in counts.columns})
+    text = (f"{len(studies)} studies ({int(studies['n_ms'].sum())} people with MS, "
+            f"{int(studies['n_hc'].sum())} controls) reported {len(peaks)} peaks. Peak "
+            "counts per network and direction of the contrast; a study reporting no peak in a "
+            "network it analysed enters that network's SDM-style analysis with a null map.")
+    return _p(text) + table_html(table.reset_index(drop=True))
+
+
+def _literature_networks(outputs: dict, peaks: pd.DataFrame, alpha: float, figures_dir: Path,
+                         html_dir: Path, figures: list) -> str:
+    """Per network: a glass brain of the SDM-style z map, a summary row per method and the
+    significant clusters of each."""
+    from msnet.literature import METHOD_LABELS
+    from msnet.plotting import plot_glass_brain
+
+    parts = [_p(f"Significant clusters per network (FWE p < {alpha:g}). ALE and MKDA (NiMARE) "
+                "test the convergence of the peak locations of each direction: clusters of the "
+                "voxels with Monte-Carlo voxel-level FWE p < "
+                f"{alpha:g}. The SDM-style estimator pools recreated effect-size maps: clusters "
+                "at its primary threshold that are significant by sign-flip cluster-extent FWE "
+                "or hold a voxel of voxel-level FWE p < "
+                f"{alpha:g} (the glass brain shows those voxels). Peak z is positive for MS > "
+                "HC.", "note")]
+    for net, labels in outputs["clusters"].items():
+        parts.append(f"<h3>{html.escape(net)}</h3>")
+        sdm = outputs["maps"][net]["sdm"]
+        paths = plot_glass_brain(sdm["z"], sdm["logpfwe"],
+                                 figures_dir / LITERATURE_FIGURE.format(net=net),
+                                 f"{net} SDM-style meta-analysis (z)", alpha, net, "z",
+                                 markers=False)
+        figures += [paths["png"], paths["svg"]]
+        n_peaks = int((peaks["network"] == net).sum())
+        parts.append(_figure(paths, f"{net}: SDM-style random-effects meta-analysis of "
+                                    f"{n_peaks} published peaks, z at voxel-level FWE p < "
+                                    f"{alpha:g} (red: MS > HC, blue: MS < HC).", html_dir))
+        rows, details = [], []
+        for label, path in labels.items():
+            method, _, direction = label.partition("_")
+            name = METHOD_LABELS[method] + {"inc": ", MS>HC", "dec": ", MS<HC"}.get(direction, "")
+            table = _read(path)
+            sig = None if table is None else table[_significant_clusters(table, alpha)]
+            rows.append(_literature_summary_row(name, sig))
+            if sig is not None and len(sig):
+                details.append(_details(f"{name}: {len(sig)} clusters",
+                                        table_html(sig.drop(columns=["network"],
+                                                            errors="ignore"))))
+        parts.append(table_html(pd.DataFrame(rows)) + "".join(details))
+    return "".join(parts)
+
+
+def _significant_clusters(table: pd.DataFrame, alpha: float) -> pd.Series:
+    """Clusters significant by cluster-level FWE (``significant``) or holding a voxel of
+    voxel-level FWE p < ``alpha`` (``peak_p_fwe``)."""
+    flag = table["significant"].astype(str).str.lower().isin(("true", "1", "yes"))
+    return flag | (pd.to_numeric(table["peak_p_fwe"], errors="coerce") < alpha)
+
+
+def _literature_summary_row(method: str, sig: pd.DataFrame | None) -> dict:
+    """Clusters, volume and strongest peak (coordinate, z, label) of one method's map."""
+    row = {"method": method, "clusters": np.nan, "size_mm3": np.nan, "peak_x": np.nan,
+           "peak_y": np.nan, "peak_z": np.nan, "peak_zstat": np.nan, "label": ""}
+    if sig is None:
+        return {**row, "label": NA_TEXT}
+    row.update(clusters=len(sig), size_mm3=float(sig["size_mm3"].sum()) if len(sig) else 0.0)
+    if len(sig):
+        top = sig.loc[sig["peak_zstat"].abs().idxmax()]
+        row.update({k: top[k] for k in ("peak_x", "peak_y", "peak_z", "peak_zstat", "label")})
+    return row
 
 
 def figure_paths(figures_dir, networks=ANALYSIS_NETWORKS, ext="png", qcfc: bool = False) -> dict:

@@ -50,6 +50,16 @@ def test_every_known_column_has_a_human_header():
     assert column_label("some_new_column") == "Some new column"
 
 
+def test_cluster_table_headers_are_distinct():
+    """A cluster table holds the peak's z coordinate and its z statistic side by side."""
+    from msnet.stats import cluster_columns
+
+    for columns in (cluster_columns("g"), cluster_columns("stat")):
+        columns = ["network", *columns, "peak_zstat"]
+        labels = [column_label(c) for c in columns]
+        assert len(set(labels)) == len(labels), labels
+
+
 def test_format_table_headers_and_cells():
     out = format_table(pd.DataFrame({"metric": ["within_SN"], "p": [1e-6], "n_ms": [12]}))
     assert list(out.columns) == ["Metric", "p", "n MS"]

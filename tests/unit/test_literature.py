@@ -131,7 +131,8 @@ def _synthetic_literature(n_studies=6, seed=3):
 
 
 @pytest.mark.parametrize("method", ["ALE", "MKDA"])
-def test_ale_mkda_equal_nimare_called_directly(method):
+def test_ale_mkda_equal_nimare_called_directly(method, caplog):
+    import logging
     import warnings
 
     from nimare.correct import FWECorrector
@@ -140,7 +141,11 @@ def test_ale_mkda_equal_nimare_called_directly(method):
 
     peaks, studies = _synthetic_literature()
     mask = _mask8()
-    ours = lit.cbma_nimare(peaks, studies, "DMN", "MS>HC", mask, method, n_iters=20, seed=5)
+    with caplog.at_level(logging.INFO):
+        ours = lit.cbma_nimare(peaks, studies, "DMN", "MS>HC", mask, method, n_iters=20,
+                               seed=5)
+    # NiMARE's expected "running permutations from scratch" warning stays out of the logs
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     # the same coordinates and sample sizes, written out by hand for NiMARE
     source = {"id": "direct", "studies": [
         {"id": s, "analyses": [{"id": "a", "metadata": {"sample_sizes": [

@@ -3,6 +3,7 @@ meta-analyses of published peaks, and in the demo their comparison with the imag
 meta-analysis of the same studies. results/literature/."""
 
 from msnet.literature import literature_enabled, literature_outputs
+from msnet.report import literature_figure_paths
 
 LITERATURE = literature_enabled(config)
 LIT_DIR = f"{R}/literature"
@@ -146,3 +147,34 @@ if LITERATURE:
             "../../scripts/literature_meta.py"
 
     ALL_TARGETS += rules.literature_meta.output
+
+
+if LITERATURE and not STUDIES:
+
+    rule build_literature_report:
+        input:
+            rules.literature_meta.output,
+            peaks=LIT_TABLES["peaks"],
+            studies=LIT_TABLES["studies"],
+        output:
+            html=f"{R}/report.html",
+            citations=f"{R}/citations.bib",
+            figures=literature_figure_paths(f"{R}/figures", NETWORKS, "png"),
+            svg=literature_figure_paths(f"{R}/figures", NETWORKS, "svg"),
+        log:
+            f"{R}/logs/build_literature_report.log",
+        benchmark:
+            f"{R}/benchmarks/build_literature_report.tsv"
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            mem_mb=lambda wc: resources_for("build_report", "mem_mb"),
+            runtime=lambda wc: resources_for("build_report", "runtime"),
+        params:
+            outputs=LIT_OUT,
+            figures_dir=output_folder("figures"),
+        script:
+            "../../scripts/build_literature_report.py"
+
+    ALL_TARGETS += [rules.build_literature_report.output.html]
