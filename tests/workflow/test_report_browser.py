@@ -28,7 +28,7 @@ import pytest
 
 from msnet.report import SECTIONS
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]  # the tiny run takes minutes
 
 WINDOW = (1400, 1000)
 """Browser window (px): the report must show its tables' key columns at this width."""
