@@ -27,6 +27,7 @@ def _cmd_validate(args) -> int:
     from msnet.errors import MsnetInputErrors
     from msnet.io.atomic import check_writable, nearest_existing
     from msnet.io.plan import build_plan
+    from msnet.literature import published_studies
 
     config, problems = config_problems(read_config_file(args.config), str(args.config))
     plan, start = None, time.perf_counter()
@@ -49,10 +50,17 @@ def _cmd_validate(args) -> int:
     checked = (f" Tables and the file headers of {len(plan.subjects)} subjects checked in "
                f"{time.perf_counter() - start:.1f} s."
                if config["data"]["mode"] == "fmriprep" else "")
-    print(f"{args.config}: valid. {len(plan.studies)} studies, "
-          f"{groups.get('MS', 0)} MS and {groups.get('HC', 0)} HC subjects"
-          + (f", {len(plan.excluded)} inputs excluded (see below)." if len(plan.excluded) else ".")
-          + checked)
+    if config["data"]["mode"] != "literature":
+        print(f"{args.config}: valid. {len(plan.studies)} studies, "
+              f"{groups.get('MS', 0)} MS and {groups.get('HC', 0)} HC subjects"
+              + (f", {len(plan.excluded)} inputs excluded (see below)."
+                 if len(plan.excluded) else ".") + checked)
+    published = published_studies(config)
+    if published is not None:
+        print(("" if config["data"]["mode"] != "literature" else f"{args.config}: valid. ")
+              + f"Literature: {len(published)} published studies "
+              f"({published['n_ms'].sum()} MS, {published['n_hc'].sum()} HC) with "
+              f"{published['peaks'].sum()} peaks ({config['literature']['peaks_tsv']}).")
     for row in plan.excluded.to_dict("records"):
         print(f"  excluded: study {row['study_id']} {row['participant_id']}: {row['reason']}")
     return 0
@@ -61,9 +69,16 @@ def _cmd_validate(args) -> int:
 def _cmd_plan(args) -> int:
     from msnet.config import load_config
     from msnet.io.plan import build_plan
+    from msnet.literature import published_studies
 
-    plan = build_plan(load_config(args.config))
-    print(plan_table(plan.subjects, plan.excluded))
+    config = load_config(args.config)
+    plan = build_plan(config)
+    tables = [plan_table(plan.subjects, plan.excluded)] if len(plan.subjects) else []
+    published = published_studies(config)
+    if published is not None:
+        tables.append("published studies (literature mode)\n" + text_table(
+            ["study", "MS", "HC", "peaks"], published.to_numpy().tolist()))
+    print("\n\n".join(tables) or "no studies")
     return 0
 
 
@@ -93,7 +108,12 @@ def plan_table(subjects, excluded=None) -> str:
         n_excl = excluded.groupby("study_id").size().to_dict()
         header.append("excluded")
         rows = [r + [int(n_excl.get(r[0], 0))] for r in rows]
-    total = ["total"] + [sum(r[i] for r in rows) for i in range(1, len(header))]
+    return text_table(header, rows)
+
+
+def text_table(header: list, rows: list) -> str:
+    """Rows as an aligned text table (first column left, numbers right) with a total row."""
+    total = ["total"] + [sum(int(r[i]) for r in rows) for i in range(1, len(header))]
     widths = [max(len(str(r[i])) for r in [header, *rows, total]) for i in range(len(header))]
 
     def line(cells):

@@ -792,6 +792,26 @@ def check_literature_tables(config: dict) -> None:
     read_peaks(lit["peaks_tsv"], studies, lit["studies_tsv"])
 
 
+def published_studies(config: dict) -> pd.DataFrame | None:
+    """The configured literature studies with their peak counts (``msnet validate`` and
+    ``msnet plan``), or None without literature tables.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        ``study_id, n_ms, n_hc, peaks`` per study of the studies table, in its order.
+    """
+    lit = config.get("literature") or {}
+    if not lit.get("peaks_tsv"):
+        return None
+    studies = read_literature_studies(lit["studies_tsv"])
+    peaks = read_peaks(lit["peaks_tsv"], studies, lit["studies_tsv"])
+    counts = peaks.groupby("study_id").size()
+    table = studies[["study_id", "n_ms", "n_hc"]].reset_index(drop=True)
+    table["peaks"] = table["study_id"].map(counts).fillna(0).astype(int)
+    return table
+
+
 def literature_stem(network: str, method: str, direction: str | None = None) -> str:
     """File-name stem of one method's outputs for one network (and direction, ALE/MKDA):
     ``literature_network-{net}_method-{method}[_direction-{inc|dec}]``."""

@@ -187,6 +187,31 @@ def test_cli_validate_accepts_the_demo(capsys):
     assert "valid. 25 studies" in capsys.readouterr().out
 
 
+def test_cli_validate_and_plan_count_the_published_studies(capsys, monkeypatch):
+    """Literature mode: `msnet validate` and `msnet plan` count the example's published
+    studies, their people and peaks (not "0 studies"), as the tables have them."""
+    import pandas as pd
+
+    monkeypatch.chdir(REPO)  # the example config names its tables from the repository root
+    example = REPO / "examples" / "literature"
+    studies = pd.read_csv(example / "studies.tsv", sep="\t")
+    peaks = pd.read_csv(example / "peaks.tsv", sep="\t")
+    config = str(example / "config.yaml")
+    assert main(["validate", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert (f"valid. Literature: {len(studies)} published studies ({studies['n_ms'].sum()} MS, "
+            f"{studies['n_hc'].sum()} HC) with {len(peaks)} peaks") in out
+    assert "0 studies" not in out
+    assert main(["plan", "--config", config]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "published studies (literature mode)"
+    first = studies.iloc[0]
+    assert lines[3].split() == [first["study_id"], str(first["n_ms"]), str(first["n_hc"]),
+                                str(int((peaks["study_id"] == first["study_id"]).sum()))]
+    assert lines[-1].split() == ["total", str(studies["n_ms"].sum()),
+                                 str(studies["n_hc"].sum()), str(len(peaks))]
+
+
 def test_cli_subject_runs_one_simulated_subject(tmp_path, capsys):
     """`msnet simulate` then `msnet subject` write the subject outputs in the workflow's
     layout, in a folder of their own (never over the workflow's outputs)."""
