@@ -16,10 +16,12 @@ memory (``ru_maxrss``, reported by the child with :func:`peak_rss_mb`) is that r
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,3 +157,44 @@ def run_child(script: str, route: str, root: Path, extra=()) -> dict:
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     report["process_seconds"] = time.perf_counter() - t0
     return report
+
+
+def subject_routes_main(script: str, doc: str, routes: dict, out_name: str, summarise,
+                        networks: bool = False) -> None:
+    """The command line of the one-subject benchmarks (``bench_denoise.py``,
+    ``bench_qcfc.py``): build one synthetic subject (or reuse ``--keep DIR``), run every
+    route in a fresh interpreter of its own (its peak memory its own), then
+    ``summarise(reports, root)`` prints the figures and ratios.
+
+    Parameters
+    ----------
+    script, doc : str
+        The benchmark's ``__file__`` and ``__doc__``.
+    routes : dict
+        Route name -> ``route(root, out_npy) -> dict`` (timings; run in the child).
+    out_name : str
+        The child's output file in ``root``, with ``{route}``.
+    summarise : callable
+        ``summarise(reports: dict, root: Path)``.
+    networks : bool
+        Build the subject with msnet's network templates (:func:`build_subject`).
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--volumes", type=int, default=300)
+    parser.add_argument("--keep", type=Path, help="build/keep the data here instead of a temp dir")
+    parser.add_argument("--child", choices=tuple(routes), help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        report = routes[args.child](args.root, args.root / out_name.format(route=args.child))
+        report["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(report))
+        return
+    with tempfile.TemporaryDirectory(prefix="msnet-bench-") as tmp:
+        root = args.keep or Path(tmp)
+        if not (root / LABEL).is_dir():
+            t0 = time.perf_counter()
+            build_subject(root, args.volumes, networks=networks)
+            print(f"built a {SHAPE + (args.volumes,)} int16 subject in "
+                  f"{time.perf_counter() - t0:.1f} s")
+        summarise({route: run_child(script, route, root) for route in routes}, root)

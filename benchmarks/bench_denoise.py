@@ -22,16 +22,13 @@ Usage: ``python benchmarks/bench_denoise.py [--volumes 300] [--keep DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-from _synthetic import (CONFOUND_OPTIONS, LABEL, NILEARN_CONFOUNDS, SHAPE, SPACE, TR, build_subject,
-                        peak_rss_mb, run_child)
+from _synthetic import CONFOUND_OPTIONS, LABEL, NILEARN_CONFOUNDS, SPACE, TR, subject_routes_main
 
 
 def route_msnet(root: Path, out: Path) -> dict:
@@ -87,37 +84,24 @@ def compare(root: Path) -> dict:
             "median_voxel_r": float(np.median(r)), "max_abs_diff": float(np.abs(a - b).max())}
 
 
+def summarise(reports: dict, root: Path) -> None:
+    """Print each route's figures, the ratios and the equivalence of their outputs."""
+    for route, rep in reports.items():
+        print(f"{route:8s} clean {rep['seconds']:7.2f} s wall, {rep['cpu_seconds']:7.2f} s CPU | "
+              f"process incl. imports "
+              f"{rep['process_seconds']:7.2f} s | peak RSS {rep['peak_rss_mb']:8.0f} MB | "
+              f"output {tuple(rep['shape'])}")
+    ms, nl = reports["msnet"], reports["nilearn"]
+    print(f"ratio nilearn/msnet: wall time {nl['seconds'] / ms['seconds']:.1f}x, "
+          f"CPU time {nl['cpu_seconds'] / ms['cpu_seconds']:.1f}x "
+          f"(whole process {nl['process_seconds'] / ms['process_seconds']:.1f}x), "
+          f"peak memory {nl['peak_rss_mb'] / ms['peak_rss_mb']:.1f}x")
+    print("equivalence (msnet z-scored vs nilearn):", json.dumps(compare(root)))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--volumes", type=int, default=300)
-    parser.add_argument("--keep", type=Path, help="build/keep the data here instead of a temp dir")
-    parser.add_argument("--child", choices=("msnet", "nilearn"), help=argparse.SUPPRESS)
-    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        route = route_msnet if args.child == "msnet" else route_nilearn
-        report = route(args.root, args.root / f"{args.child}.npy")
-        report["peak_rss_mb"] = peak_rss_mb()
-        print(json.dumps(report))
-        return
-    with tempfile.TemporaryDirectory(prefix="msnet-bench-") as tmp:
-        root = args.keep or Path(tmp)
-        if not (root / LABEL).is_dir():
-            t0 = time.perf_counter()
-            build_subject(root, args.volumes)
-            print(f"built {SHAPE + (args.volumes,)} int16 subject in {time.perf_counter() - t0:.1f} s")
-        reports = {route: run_child(__file__, route, root) for route in ("msnet", "nilearn")}
-        for route, rep in reports.items():
-            print(f"{route:8s} clean {rep['seconds']:7.2f} s wall, {rep['cpu_seconds']:7.2f} s CPU | "
-                  f"process incl. imports "
-                  f"{rep['process_seconds']:7.2f} s | peak RSS {rep['peak_rss_mb']:8.0f} MB | "
-                  f"output {tuple(rep['shape'])}")
-        ms, nl = reports["msnet"], reports["nilearn"]
-        print(f"ratio nilearn/msnet: wall time {nl['seconds'] / ms['seconds']:.1f}x, "
-              f"CPU time {nl['cpu_seconds'] / ms['cpu_seconds']:.1f}x "
-              f"(whole process {nl['process_seconds'] / ms['process_seconds']:.1f}x), "
-              f"peak memory {nl['peak_rss_mb'] / ms['peak_rss_mb']:.1f}x")
-        print("equivalence (msnet z-scored vs nilearn):", json.dumps(compare(root)))
+    subject_routes_main(__file__, __doc__, {"msnet": route_msnet, "nilearn": route_nilearn},
+                        "{route}.npy", summarise)
 
 
 if __name__ == "__main__":

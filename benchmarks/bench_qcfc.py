@@ -28,15 +28,13 @@ Usage: ``python benchmarks/bench_qcfc.py [--volumes 300] [--keep DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-from _synthetic import CONFOUND_OPTIONS, LABEL, SPACE, TR, build_subject, peak_rss_mb, run_child
+from _synthetic import CONFOUND_OPTIONS, LABEL, SPACE, TR, subject_routes_main
 
 BASE = {k: CONFOUND_OPTIONS[k] for k in ("smoothing_fwhm", "detrend", "high_pass", "low_pass")}
 STRATEGIES = {
@@ -116,44 +114,30 @@ def route_nilearn(root: Path, out: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
+def summarise(reports: dict, root: Path) -> None:
+    """Print both routes' figures, the ratios and the largest difference per strategy."""
+    ms, nl = reports["msnet"], reports["nilearn"]
+    n = len(STRATEGIES)
+    print(f"{n} strategies: {', '.join(STRATEGIES)} (main: {next(iter(STRATEGIES))})")
+    print(f"msnet    {ms['cpu_seconds']:7.2f} s CPU, {ms['seconds']:7.2f} s wall, peak "
+          f"{ms['peak_rss_mb']:.0f} MB: subject stage (main strategy) "
+          f"{ms['stage_cpu_seconds']:.2f} s CPU + the other {n - 1} strategies "
+          f"{ms['extra_cpu_seconds']:.3f} s CPU ({ms['extra_seconds']:.3f} s wall)")
+    print(f"nilearn  {nl['cpu_seconds']:7.2f} s CPU, {nl['seconds']:7.2f} s wall, peak "
+          f"{nl['peak_rss_mb']:.0f} MB: NiftiSpheresMasker per strategy "
+          f"({nl['cpu_seconds'] / n:.2f} s CPU each)")
+    print(f"ratio nilearn/msnet: CPU {nl['cpu_seconds'] / ms['cpu_seconds']:.1f}x, wall "
+          f"{nl['seconds'] / ms['seconds']:.1f}x; per extra strategy "
+          f"{nl['cpu_seconds'] / n / max(ms['extra_cpu_seconds'] / (n - 1), 1e-9):.0f}x")
+    a = np.load(root / "qcfc_msnet.npy").astype(np.float64)
+    b = np.load(root / "qcfc_nilearn.npy").astype(np.float64)
+    diffs = {name: float(np.nanmax(np.abs(a[k] - b[k]))) for k, name in enumerate(STRATEGIES)}
+    print("max |Fisher z difference| msnet vs nilearn per strategy:", json.dumps(diffs))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--volumes", type=int, default=300)
-    parser.add_argument("--keep", type=Path, help="build/keep the data here instead of a temp dir")
-    parser.add_argument("--child", choices=("msnet", "nilearn"), help=argparse.SUPPRESS)
-    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        route = route_msnet if args.child == "msnet" else route_nilearn
-        report = route(args.root, args.root / f"qcfc_{args.child}.npy")
-        report["peak_rss_mb"] = peak_rss_mb()
-        print(json.dumps(report))
-        return
-    with tempfile.TemporaryDirectory(prefix="msnet-bench-") as tmp:
-        root = args.keep or Path(tmp)
-        if not (root / LABEL).is_dir():
-            t0 = time.perf_counter()
-            build_subject(root, args.volumes, networks=True)
-            print(f"built a (97, 115, 97, {args.volumes}) int16 subject in "
-                  f"{time.perf_counter() - t0:.1f} s")
-        reports = {route: run_child(__file__, route, root) for route in ("msnet", "nilearn")}
-        ms, nl = reports["msnet"], reports["nilearn"]
-        n = len(STRATEGIES)
-        print(f"{n} strategies: {', '.join(STRATEGIES)} (main: {next(iter(STRATEGIES))})")
-        print(f"msnet    {ms['cpu_seconds']:7.2f} s CPU, {ms['seconds']:7.2f} s wall, peak "
-              f"{ms['peak_rss_mb']:.0f} MB: subject stage (main strategy) "
-              f"{ms['stage_cpu_seconds']:.2f} s CPU + the other {n - 1} strategies "
-              f"{ms['extra_cpu_seconds']:.3f} s CPU ({ms['extra_seconds']:.3f} s wall)")
-        print(f"nilearn  {nl['cpu_seconds']:7.2f} s CPU, {nl['seconds']:7.2f} s wall, peak "
-              f"{nl['peak_rss_mb']:.0f} MB: NiftiSpheresMasker per strategy "
-              f"({nl['cpu_seconds'] / n:.2f} s CPU each)")
-        print(f"ratio nilearn/msnet: CPU {nl['cpu_seconds'] / ms['cpu_seconds']:.1f}x, wall "
-              f"{nl['seconds'] / ms['seconds']:.1f}x; per extra strategy "
-              f"{nl['cpu_seconds'] / n / max(ms['extra_cpu_seconds'] / (n - 1), 1e-9):.0f}x")
-        a = np.load(root / "qcfc_msnet.npy").astype(np.float64)
-        b = np.load(root / "qcfc_nilearn.npy").astype(np.float64)
-        diffs = {name: float(np.nanmax(np.abs(a[k] - b[k]))) for k, name in enumerate(STRATEGIES)}
-        print("max |Fisher z difference| msnet vs nilearn per strategy:", json.dumps(diffs))
+    subject_routes_main(__file__, __doc__, {"msnet": route_msnet, "nilearn": route_nilearn},
+                        "qcfc_{route}.npy", summarise, networks=True)
 
 
 if __name__ == "__main__":

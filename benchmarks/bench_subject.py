@@ -323,7 +323,7 @@ def run(root: Path, skip_nilearn: bool, units: str, threads: int) -> None:
         _print_route(route, rep)
     ms = reports["msnet"]
     read, read_cpu = np.mean(ms["read_seconds"]), np.mean(ms["read_cpu_seconds"])
-    print(f"isal read of the same .nii.gz (before/after the stage): "
+    print("isal read of the same .nii.gz (before/after the stage): "
           + " / ".join(f"{w:.2f} s" for w in ms["read_seconds"])
           + f" wall, {read_cpu:.2f} s CPU")
     print(f"ratio stage/read (wall): {ms['seconds'] / read:.1f}x for a job's first subject "
