@@ -200,8 +200,6 @@ COLUMNS = {
     # ---------------------------------------------------------------- meta-analysis
     "model": _c("Meta-analytic model of the row ('random', 'fixed', or 'single:<moderator>' "
                 "for a one-moderator meta-regression)."),
-    "test": _c("Test used for the row (e.g. 'knha': Knapp-Hartung t; 'z': Wald z; Egger's "
-               "regression)."),
     "k": _c("Studies in the model."),
     "k_excluded": _c("Studies excluded from the model (see excluded)."),
     "excluded": _c("Excluded studies with their reasons."),

@@ -420,7 +420,7 @@ def template_mask(network: str, mask_img, threshold: float = 0.2):
     stage's ``mask_template_threshold``) within ``mask_img`` (a brain mask)."""
     import nibabel as nib
 
-    from msnet.atlas import network_names, network_templates
+    from msnet.atlas import network_templates
 
     mask = np.asarray(mask_img.dataobj) > 0
     names, templates = network_templates(mask_img)

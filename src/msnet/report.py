@@ -25,7 +25,6 @@ import base64
 import html
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import pandas as pd
 
 from msnet import ANALYSIS_NETWORKS, __version__
 from msnet.errors import MsnetInputError
-from msnet.formatting import TEXT_COLUMNS, column_label, format_number, format_value, p_relation
+from msnet.formatting import TEXT_COLUMNS, column_label, format_value, p_relation
 from msnet.derivatives import write_table
 from msnet.io.atomic import write_text
 from msnet.io.plan import SPACE, map_name, space_of
@@ -1732,7 +1731,7 @@ class _Report:
         other = hits[~hits["variable"].astype(str).isin(_NULL_VARIABLES)]
         text = (f"{len(hits)} of {int(q.notna().sum())} metric × variable models have FDR "
                 f"q < {self.alpha_clin:g}"
-                + (f"; other than disease duration and EDSS: "
+                + ("; other than disease duration and EDSS: "
                    + "; ".join(f"{r.metric} ~ {_READABLE.get(r.variable, r.variable)} "
                                f"(β = {r.beta:.3g}, q = {r.q_fdr:.3g})"
                                for r in other.itertuples()) + "."
@@ -1946,7 +1945,7 @@ class _Report:
             pooled = comps[comps["study_id"].astype(str) == "pooled"]
             shown = pooled[(pooled["significant"].astype(str).str.lower() == "true")
                            | (pooled["n_edges"] >= 3)]
-            parts.append(f"<h3>Pooled components</h3>"
+            parts.append("<h3>Pooled components</h3>"
                          + _p(f"Components of at least 3 edges or with FWE p < {alpha:g} "
                               f"({len(shown)} of {len(pooled)}; the rest in "
                               f"{Path(paths['components']).name}).", "note")

@@ -526,8 +526,8 @@ def test_flat_voxels_of_one_subject_do_not_bias_the_group_maps(tmp_path):
     rng = np.random.default_rng(11)
     s = write_study(tmp_path, "A", 8, 7, rng, effect=1.0)
     masks = write_masks(tmp_path)
-    ref = group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"], masks,
-                                     "A", tmp_path / "ref", OPTS)
+    group.compare_groups_study(s["participants"], s["qc"], s["networks"], s["maps"], masks, "A",
+                               tmp_path / "ref", OPTS)
     region = np.zeros(SHAPE, bool)
     region[2:5, 2:5, 1:3] = True  # around the planted DMN blob
     flat_subject = s["maps"]["DMN"][0]  # an MS subject

@@ -4,7 +4,6 @@ all of them listed together; a valid dataset's checks are cached in .snakemake/.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
